@@ -1,0 +1,241 @@
+"""``rmp.context``: contexts and start methods, mirroring CPython's ``multiprocessing.context``.
+
+``rmp.get_context(method)`` returns a context whose factories build rmp objects. The default
+start method follows the running CPython (fork up to 3.13, forkserver from 3.14). The
+exception classes are the stdlib's own objects, so existing ``except`` clauses keep working.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from multiprocessing import context as _stdcontext
+from multiprocessing.context import (  # the stdlib's classes, by identity
+    AuthenticationError,
+    BufferTooShort,
+    ProcessError,
+    TimeoutError,
+)
+
+from . import process
+
+__all__ = ()
+
+if not sys.platform.startswith("linux"):  # pragma: no cover
+    raise ImportError("rmp supports Linux only (it is built on memfd, futex and pidfd)")
+
+
+class BaseContext:
+    """The functions and classes of the ``multiprocessing`` namespace, bound to one context."""
+
+    ProcessError = ProcessError
+    BufferTooShort = BufferTooShort
+    TimeoutError = TimeoutError
+    AuthenticationError = AuthenticationError
+
+    current_process = staticmethod(process.current_process)
+    parent_process = staticmethod(process.parent_process)
+    active_children = staticmethod(process.active_children)
+
+    def cpu_count(self):
+        """Number of CPUs in the system (NotImplementedError if unknown, as the stdlib)."""
+        num = os.cpu_count()
+        if num is None:
+            raise NotImplementedError("cannot determine number of cpus")
+        return num
+
+    def freeze_support(self):
+        """Run the child if this is a frozen executable started as one (no-op otherwise)."""
+        if sys.platform == "win32" and getattr(sys, "frozen", False):  # pragma: no cover
+            from .spawn import freeze_support
+
+            freeze_support()
+
+    def get_logger(self):
+        """Return the package logger (shared with the stdlib)."""
+        from .util import get_logger
+
+        return get_logger()
+
+    def log_to_stderr(self, level=None):
+        """Turn on logging to stderr and return the logger."""
+        from .util import log_to_stderr
+
+        return log_to_stderr(level)
+
+    def set_executable(self, executable):
+        """Set the interpreter that spawn and forkserver children run."""
+        from .spawn import set_executable
+
+        set_executable(executable)
+
+    def set_forkserver_preload(self, module_names):
+        """Set the modules the fork server imports before forking children (a hint)."""
+        from .forkserver import set_forkserver_preload
+
+        set_forkserver_preload(module_names)
+
+    def get_context(self, method=None):
+        if method is None:
+            return self
+        try:
+            ctx = _concrete_contexts[method]
+        except KeyError:
+            raise ValueError("cannot find context for %r" % method) from None
+        ctx._check_available()
+        return ctx
+
+    def get_start_method(self, allow_none=False):
+        return self._name
+
+    def set_start_method(self, method, force=False):
+        raise ValueError("cannot set start method of concrete context")
+
+    @property
+    def reducer(self):
+        """The module that reduces objects for other processes (the stdlib's registry)."""
+        from multiprocessing import context as c
+
+        return c.reduction
+
+    @reducer.setter
+    def reducer(self, reduction):
+        _stdcontext.reduction = reduction
+
+    def _check_available(self):
+        pass
+
+
+class Process(process.BaseProcess):
+    """A process started with the current default start method."""
+
+    _start_method = None
+
+    @staticmethod
+    def _Popen(process_obj):
+        return _default_context.get_context().Process._Popen(process_obj)
+
+    @staticmethod
+    def _after_fork():
+        return _default_context.get_context().Process._after_fork()
+
+
+class DefaultContext(BaseContext):
+    """The context behind the top-level ``rmp`` namespace; its start method is set once."""
+
+    Process = Process
+
+    def __init__(self, context):
+        self._default_context = context
+        self._actual_context = None
+
+    def get_context(self, method=None):
+        if method is None:
+            if self._actual_context is None:
+                self._actual_context = self._default_context
+            return self._actual_context
+        return super().get_context(method)
+
+    def set_start_method(self, method, force=False):
+        if self._actual_context is not None and not force:
+            raise RuntimeError("context has already been set")
+        if method is None and force:
+            self._actual_context = None
+            return
+        self._actual_context = self.get_context(method)
+
+    def get_start_method(self, allow_none=False):
+        if self._actual_context is None:
+            if allow_none:
+                return None
+            self._actual_context = self._default_context
+        return self._actual_context._name
+
+    def get_all_start_methods(self):
+        """The supported start methods, default first."""
+        default = self._default_context._name
+        return [default] + [m for m in ("fork", "spawn", "forkserver") if m != default]
+
+
+class ForkProcess(process.BaseProcess):
+    _start_method = "fork"
+
+    @staticmethod
+    def _Popen(process_obj):
+        from .popen_fork import Popen
+
+        return Popen(process_obj)
+
+
+class SpawnProcess(process.BaseProcess):
+    _start_method = "spawn"
+
+    @staticmethod
+    def _Popen(process_obj):
+        from .popen_spawn_posix import Popen
+
+        return Popen(process_obj)
+
+    @staticmethod
+    def _after_fork():
+        # A spawned child is a fresh interpreter: there is nothing inherited to reset.
+        pass
+
+
+class ForkServerProcess(process.BaseProcess):
+    _start_method = "forkserver"
+
+    @staticmethod
+    def _Popen(process_obj):
+        from .popen_forkserver import Popen
+
+        return Popen(process_obj)
+
+    @staticmethod
+    def _after_fork():
+        # Forked from the clean fork server, not from the parent: nothing to reset.
+        pass
+
+
+class ForkContext(BaseContext):
+    _name = "fork"
+    Process = ForkProcess
+
+
+class SpawnContext(BaseContext):
+    _name = "spawn"
+    Process = SpawnProcess
+
+
+class ForkServerContext(BaseContext):
+    _name = "forkserver"
+    Process = ForkServerProcess
+
+
+_concrete_contexts = {
+    "fork": ForkContext(),
+    "spawn": SpawnContext(),
+    "forkserver": ForkServerContext(),
+}
+_default_method = "forkserver" if sys.version_info >= (3, 14) else "fork"
+_default_context = DefaultContext(_concrete_contexts[_default_method])
+
+
+def _force_start_method(method):
+    """In a child: record the start method it was created with (rmp's and the stdlib's)."""
+    _default_context._actual_context = _concrete_contexts[method]
+    _stdcontext._force_start_method(method)
+
+
+def get_spawning_popen():
+    """The Popen currently pickling a child's data, or None (the stdlib's, shared)."""
+    return _stdcontext.get_spawning_popen()
+
+
+def set_spawning_popen(popen):
+    _stdcontext.set_spawning_popen(popen)
+
+
+def assert_spawning(obj):
+    """Raise RuntimeError unless a child's data is being pickled (the stdlib's rule)."""
+    _stdcontext.assert_spawning(obj)

@@ -1,0 +1,275 @@
+"""``rmp.forkserver``: a preloaded server process that forks children on request.
+
+The server is a fresh interpreter (started with ``posix_spawn``) that imports the preload
+modules once, then waits on a Unix socket in the parent's private temporary directory (mode
+0700, so no other user can ask it for a process; the stdlib's older releases used an abstract
+socket anyone could reach). For each request it receives the child's descriptors with
+``SCM_RIGHTS``, forks, and answers with the child's pid and a pidfd for it; when the child
+ends it sends the exit status on the same connection. The client's sentinel is that pidfd.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import selectors
+import signal
+import socket
+import struct
+import sys
+import threading
+
+from . import _core, spawn, util
+
+__all__ = ["ensure_running", "get_inherited_fds", "connect_to_new_process",
+           "set_forkserver_preload"]
+
+MAXFDS_TO_SEND = 256
+_STATUS = struct.Struct("=i")
+_HELLO = struct.Struct("=q")
+
+
+class ForkServer:
+    def __init__(self):
+        self._address = None
+        self._alive_w = None
+        self._server = None
+        self._inherited_fds = None
+        self._lock = threading.Lock()
+        self._preload_modules = ["__main__"]
+
+    def _stop(self):
+        with self._lock:
+            self._stop_unlocked()
+
+    def _stop_unlocked(self):
+        if self._server is None:
+            return
+        os.close(self._alive_w)  # the server exits when it reads EOF here
+        self._alive_w = None
+        self._server.wait(None)
+        self._server.close()
+        self._server = None
+        if self._address and not util.is_abstract_socket_namespace(self._address):
+            try:
+                os.unlink(self._address)
+            except FileNotFoundError:
+                pass
+        self._address = None
+
+    def set_forkserver_preload(self, modules_names):
+        """Set the modules the server imports before it forks anything (a hint)."""
+        if not all(type(mod) is str for mod in modules_names):
+            raise TypeError("module_names must be a list of strings")
+        self._preload_modules = modules_names
+
+    def get_inherited_fds(self):
+        """In a child of the server: the descriptors its parent passed (None elsewhere)."""
+        return self._inherited_fds
+
+    def connect_to_new_process(self, fds):
+        """Ask the server for a child; returns ``(connection, pid, pidfd)``."""
+        self.ensure_running()
+        if len(fds) + 4 >= MAXFDS_TO_SEND:
+            raise ValueError("too many fds")
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            client.connect(self._address)
+            socket.send_fds(client, [b"F"], list(fds))
+            msg, got, _flags, _addr = socket.recv_fds(client, _HELLO.size, 1)
+            if len(msg) != _HELLO.size or len(got) != 1:
+                for fd in got:
+                    os.close(fd)
+                raise OSError(errno.EPROTO, "fork server did not start the process")
+            (pid,) = _HELLO.unpack(msg)
+            return client, pid, got[0]
+        except BaseException:
+            client.close()
+            raise
+
+    def ensure_running(self):
+        """Start the server unless it is running (restarting it if it died)."""
+        with self._lock:
+            if self._server is not None:
+                if not self._server.has_exited():
+                    return
+                # It died (killed?): forget it and start a new one.
+                os.close(self._alive_w)
+                self._server.wait(None)
+                self._server.close()
+                self._server, self._alive_w = None, None
+
+            from multiprocessing import resource_tracker
+
+            resource_tracker.ensure_running()
+            address = os.path.join(util.get_temp_dir(), "rmp-fs-%d" % os.getpid())
+            try:
+                os.unlink(address)
+            except FileNotFoundError:
+                pass
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            alive_r = alive_w = None
+            try:
+                listener.bind(address)
+                os.chmod(address, 0o600)
+                listener.listen()
+                alive_r, alive_w = os.pipe()
+                desired = {}
+                if self._preload_modules:
+                    data = spawn.get_preparation_data("ignore")
+                    desired = {"main_path": data.get("main_path"),
+                               "sys_path": data.get("sys_path")}
+                prog = ("from rmp.forkserver import main; main(%d, %d, %r, **%r)"
+                        % (listener.fileno(), alive_r, self._preload_modules, desired))
+                exe = spawn.get_executable()
+                args = [exe, *util._util._args_from_interpreter_flags(), "-c", prog]
+                pid = util.spawnv_passfds(exe, args, [listener.fileno(), alive_r])
+                self._server = _core.ProcessHandle(pid)
+            except BaseException:
+                if alive_w is not None:
+                    os.close(alive_w)
+                raise
+            finally:
+                listener.close()
+                if alive_r is not None:
+                    os.close(alive_r)
+            self._address = address
+            self._alive_w = alive_w
+
+
+def main(listener_fd, alive_r, preload, main_path=None, sys_path=None):
+    """The fork server's loop (runs in the server process)."""
+    if preload:
+        if sys_path is not None:
+            sys.path[:] = sys_path
+        if "__main__" in preload and main_path is not None:
+            from multiprocessing import process as _mpp
+
+            _mpp.current_process()._inheriting = True
+            try:
+                spawn.import_main_path(main_path)
+            finally:
+                del _mpp.current_process()._inheriting
+        for modname in preload:
+            try:
+                __import__(modname)
+            except ImportError:
+                pass
+
+    util._close_stdin()
+    sig_r, sig_w = os.pipe()
+    os.set_blocking(sig_r, False)
+    os.set_blocking(sig_w, False)
+
+    def sigchld_handler(*_unused):
+        # Only wakes the loop (through the wakeup fd); reaping happens there.
+        pass
+
+    handlers = {
+        signal.SIGCHLD: signal.signal(signal.SIGCHLD, sigchld_handler),
+        signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    }
+    old_wakeup = signal.set_wakeup_fd(sig_w)
+    conns = {}  # pid -> connection that waits for its exit status
+
+    with socket.socket(socket.AF_UNIX, fileno=listener_fd) as listener, \
+            selectors.DefaultSelector() as selector:
+        selector.register(listener, selectors.EVENT_READ)
+        selector.register(alive_r, selectors.EVENT_READ)
+        selector.register(sig_r, selectors.EVENT_READ)
+        while True:
+            try:
+                ready = [key.fileobj for key, _ in selector.select()]
+                if alive_r in ready:
+                    # The parent is gone (EOF): stop serving.
+                    assert os.read(alive_r, 1) == b"", "not at EOF?"
+                    raise SystemExit
+                if sig_r in ready:
+                    os.read(sig_r, 65536)
+                    _reap(conns)
+                if listener in ready:
+                    with listener.accept()[0] as conn:
+                        _, fds, _, _ = socket.recv_fds(conn, 1, MAXFDS_TO_SEND + 1)
+                        if len(fds) < 3:
+                            for fd in fds:
+                                os.close(fd)
+                            continue
+                        pid = os.fork()
+                        if pid == 0:
+                            code = 1
+                            try:
+                                listener.close()
+                                selector.close()
+                                for fd in (sig_r, sig_w, alive_r):
+                                    os.close(fd)
+                                for c in conns.values():
+                                    c.close()
+                                conn.close()
+                                code = _serve_one(fds, handlers, old_wakeup)
+                            except Exception:
+                                sys.excepthook(*sys.exc_info())
+                                sys.stderr.flush()
+                            finally:
+                                os._exit(code)
+                        for fd in fds:
+                            os.close(fd)
+                        pidfd = os.pidfd_open(pid)
+                        try:
+                            socket.send_fds(conn, [_HELLO.pack(pid)], [pidfd])
+                        except OSError:
+                            pass
+                        finally:
+                            os.close(pidfd)
+                        conns[pid] = conn.dup()
+                        # The child may already have ended before we registered it.
+                        _reap(conns)
+            except OSError as e:
+                if e.errno != errno.ECONNABORTED:
+                    raise
+
+
+def _reap(conns):
+    while True:
+        try:
+            pid, sts = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        conn = conns.pop(pid, None)
+        if conn is not None:
+            try:
+                conn.sendall(_STATUS.pack(os.waitstatus_to_exitcode(sts)))
+            except OSError:
+                pass
+            conn.close()
+
+
+def _serve_one(fds, handlers, old_wakeup):
+    signal.set_wakeup_fd(old_wakeup)
+    for sig, val in handlers.items():
+        signal.signal(sig, val)
+    child_r, tracker_fd, parent_pidfd, *inherited = fds
+    _forkserver._inherited_fds = inherited
+    from multiprocessing import resource_tracker
+
+    resource_tracker._resource_tracker._fd = tracker_fd
+    return spawn._main(child_r, parent_pidfd)
+
+
+def read_status(conn):
+    """Read the exit status the server sends when the child ends (None if the server died)."""
+    data = b""
+    while len(data) < _STATUS.size:
+        chunk = conn.recv(_STATUS.size - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return _STATUS.unpack(data)[0]
+
+
+_forkserver = ForkServer()
+ensure_running = _forkserver.ensure_running
+get_inherited_fds = _forkserver.get_inherited_fds
+connect_to_new_process = _forkserver.connect_to_new_process
+set_forkserver_preload = _forkserver.set_forkserver_preload

@@ -1,0 +1,97 @@
+"""``rmp.popen_forkserver``: ask the fork server for a child, watch it through a pidfd."""
+
+from __future__ import annotations
+
+import io
+import os
+from multiprocessing import context as _stdcontext
+from multiprocessing import reduction
+
+from . import _core, forkserver, popen_fork, spawn, util
+
+__all__ = ["Popen"]
+
+
+class _DupFd:
+    def __init__(self, ind):
+        self.ind = ind
+
+    def detach(self):
+        return forkserver.get_inherited_fds()[self.ind]
+
+
+def _release(handle, conn):
+    handle.close()
+    conn.close()
+
+
+class Popen(popen_fork.Popen):
+    """Start ``process_obj`` in a child forked by the fork server."""
+
+    method = "forkserver"
+    DupFd = _DupFd
+
+    def __init__(self, process_obj):
+        self._fds = []
+        self._conn = None
+        super().__init__(process_obj)
+
+    def duplicate_for_child(self, fd):
+        self._fds.append(fd)
+        return len(self._fds) - 1
+
+    def _launch(self, process_obj):
+        from multiprocessing import resource_tracker
+
+        prep_data = spawn.get_preparation_data(process_obj._name)
+        buf = io.BytesIO()
+        _stdcontext.set_spawning_popen(self)
+        try:
+            reduction.dump(prep_data, buf)
+            reduction.dump(process_obj, buf)
+        finally:
+            _stdcontext.set_spawning_popen(None)
+
+        child_r, parent_w = os.pipe()
+        try:
+            fds = [child_r, resource_tracker.getfd(), popen_fork._own_pidfd(), *self._fds]
+            self._conn, self.pid, pidfd = forkserver.connect_to_new_process(fds)
+        except BaseException:
+            os.close(parent_w)
+            raise
+        finally:
+            os.close(child_r)
+        self._handle = _core.ProcessHandle.adopt(self.pid, pidfd)
+        self.sentinel = self._handle.fileno()
+        self.finalizer = util.Finalize(self, _release, (self._handle, self._conn))
+        with open(parent_w, "wb", closefd=True) as f:
+            f.write(buf.getbuffer())
+
+    def _collect(self):
+        # The child has exited; the server sends its status once it has reaped it.
+        if self.returncode is None and self._conn is not None:
+            conn = self._conn
+            conn.setblocking(True)
+            try:
+                rc = forkserver.read_status(conn)
+            except OSError:
+                rc = None
+            self.returncode = 255 if rc is None else rc
+        return self.returncode
+
+    def poll(self, flag=os.WNOHANG):
+        if self.returncode is None:
+            if flag & os.WNOHANG:
+                if not self._handle.has_exited():
+                    return None
+            else:
+                self._handle.wait_exited(None)
+            self._collect()
+        return self.returncode
+
+    def wait(self, timeout=None):
+        if self.returncode is None:
+            if not self._handle.wait_exited(timeout):
+                return None
+            self._collect()
+        return self.returncode

@@ -1,0 +1,72 @@
+"""``rmp.popen_spawn_posix``: start a fresh interpreter with ``posix_spawn`` (from Rust).
+
+The parent pickles the preparation data and the process object (under the stdlib's spawning
+state, so stdlib objects such as ``multiprocessing.Queue`` pickle as they would for a stdlib
+child), starts ``sys.executable`` with exactly the descriptors the child needs, and writes the
+data into a pipe. The child's parent sentinel is an inherited pidfd of the parent.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from multiprocessing import context as _stdcontext
+from multiprocessing import reduction
+
+from . import _core, popen_fork, spawn, util
+
+__all__ = ["Popen"]
+
+
+class _DupFd:
+    def __init__(self, fd):
+        self.fd = fd
+
+    def detach(self):
+        return self.fd
+
+
+class Popen(popen_fork.Popen):
+    """Start ``process_obj`` in a new interpreter."""
+
+    method = "spawn"
+    DupFd = _DupFd
+
+    def __init__(self, process_obj):
+        self._fds = []
+        super().__init__(process_obj)
+
+    def duplicate_for_child(self, fd):
+        self._fds.append(fd)
+        return fd
+
+    def _launch(self, process_obj):
+        from multiprocessing import resource_tracker
+
+        tracker_fd = resource_tracker.getfd()
+        self._fds.append(tracker_fd)
+        prep_data = spawn.get_preparation_data(process_obj._name)
+        fp = io.BytesIO()
+        _stdcontext.set_spawning_popen(self)
+        try:
+            reduction.dump(prep_data, fp)
+            reduction.dump(process_obj, fp)
+        finally:
+            _stdcontext.set_spawning_popen(None)
+
+        parent_pidfd = popen_fork._own_pidfd()
+        child_r = parent_w = None
+        try:
+            child_r, parent_w = os.pipe()
+            cmd = spawn.get_command_line(tracker_fd=tracker_fd, pipe_handle=child_r,
+                                         parent_pidfd=parent_pidfd)
+            self._fds.extend([child_r, parent_pidfd])
+            self.pid = util.spawnv_passfds(spawn.get_executable(), cmd, self._fds)
+            self._set_handle(_core.ProcessHandle(self.pid))
+            with open(parent_w, "wb", closefd=True) as f:
+                parent_w = None
+                f.write(fp.getbuffer())
+        finally:
+            for fd in (child_r, parent_w):
+                if fd is not None:
+                    os.close(fd)

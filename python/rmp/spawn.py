@@ -1,0 +1,85 @@
+"""``rmp.spawn``: start a fresh interpreter and run the process object in it.
+
+The rules for ``__main__`` (the child imports the parent's main module as ``__mp_main__``; a
+script without the ``if __name__ == '__main__'`` guard gets the stdlib's RuntimeError) are the
+stdlib's own: preparation data is built and applied by ``multiprocessing.spawn`` so that the
+two can never drift apart. What rmp does differently is how the child is started
+(``posix_spawn`` from Rust, ``rmp.util.spawnv_passfds``) and how it is watched (pidfds).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from multiprocessing import spawn as _stdspawn
+from multiprocessing.spawn import (  # noqa: F401  (shared: one executable setting per process)
+    freeze_support,
+    get_executable,
+    import_main_path,
+    is_forking,
+    set_executable,
+)
+
+from . import util
+
+__all__ = ["_main", "freeze_support", "set_executable", "get_executable",
+           "get_preparation_data", "get_command_line", "import_main_path"]
+
+
+def get_command_line(**kwds):
+    """The command line that runs :func:`spawn_main` in a new interpreter."""
+    if getattr(sys, "frozen", False):
+        return ([sys.executable, "--multiprocessing-fork"]
+                + ["%s=%r" % item for item in kwds.items()])
+    prog = "from rmp.spawn import spawn_main; spawn_main(%s)"
+    prog %= ", ".join("%s=%r" % item for item in kwds.items())
+    opts = util._util._args_from_interpreter_flags()
+    return [get_executable(), *opts, "-c", prog]
+
+
+def get_preparation_data(name):
+    """What the child needs to recreate the parent's environment (the stdlib's, plus rmp's
+    start method)."""
+    from . import context
+
+    d = _stdspawn.get_preparation_data(name)
+    d["rmp_start_method"] = context._default_context.get_start_method(allow_none=True)
+    return d
+
+
+def prepare(data):
+    """Apply preparation data in the child (the stdlib's rules, then rmp's start method)."""
+    from . import context
+
+    rmp_method = data.pop("rmp_start_method", None)
+    _stdspawn.prepare(data)
+    if rmp_method is not None:
+        context._default_context.set_start_method(rmp_method, force=True)
+
+
+def spawn_main(pipe_handle, parent_pid=None, tracker_fd=None, parent_pidfd=None):
+    """Entry point of a spawned child: read the process object from ``pipe_handle``, run it."""
+    assert is_forking(sys.argv) or not getattr(sys, "frozen", False)
+    if tracker_fd is not None:
+        from multiprocessing import resource_tracker
+
+        resource_tracker._resource_tracker._fd = tracker_fd
+    exitcode = _main(pipe_handle, parent_pidfd)
+    sys.exit(exitcode)
+
+
+def _main(fd, parent_sentinel):
+    from multiprocessing import process as _mpp
+    from multiprocessing import reduction
+
+    with os.fdopen(fd, "rb", closefd=True) as from_parent:
+        # The stdlib's flag for "unpickling in a new child": manager proxies rebuilt now must
+        # not incref their referent (the parent already did, see managers.RebuildProxy).
+        _mpp.current_process()._inheriting = True
+        try:
+            preparation_data = reduction.pickle.load(from_parent)
+            prepare(preparation_data)
+            self = reduction.pickle.load(from_parent)
+        finally:
+            del _mpp.current_process()._inheriting
+    return self._bootstrap(parent_sentinel)

@@ -1,0 +1,218 @@
+//! The only module that issues raw system calls (through rustix, or libc where rustix has no
+//! wrapper). Everything above this layer speaks in safe Rust types: `OwnedFd`, `Duration`,
+//! `io::Result`. Linux only.
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr::{self, NonNull};
+use std::sync::atomic::AtomicU32;
+use std::time::Duration;
+
+use rustix::event::{PollFd, PollFlags};
+use rustix::process::{Pid, PidfdFlags, WaitId, WaitIdOptions};
+use rustix::thread::futex;
+use rustix::time::Timespec;
+
+/// How a child process ended, as `waitid` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// The process called `exit(code)` (or returned from `main`).
+    Exited(i32),
+    /// The process was killed by this signal.
+    Signaled(i32),
+}
+
+impl ExitStatus {
+    /// The value CPython's `multiprocessing` reports as `exitcode`: the exit code, or the
+    /// negated signal number for a process killed by a signal.
+    pub fn returncode(self) -> i32 {
+        match self {
+            ExitStatus::Exited(code) => code,
+            ExitStatus::Signaled(sig) => -sig,
+        }
+    }
+}
+
+fn timespec(d: Duration) -> Timespec {
+    Timespec {
+        tv_sec: d.as_secs().min(i64::MAX as u64) as i64,
+        tv_nsec: d.subsec_nanos().into(),
+    }
+}
+
+/// `pidfd_open(pid, 0)`: a file descriptor that refers to process `pid` (close-on-exec).
+/// It polls readable once the process has exited.
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    let pid = Pid::from_raw(pid).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+    Ok(rustix::process::pidfd_open(pid, PidfdFlags::empty())?)
+}
+
+/// Waits up to `timeout` (forever for `None`) for `fd` to poll readable. `Ok(false)` on timeout;
+/// an `Interrupted` error when a signal arrived, so that the caller can run its handlers.
+pub fn poll_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<bool> {
+    let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+    let ts = timeout.map(timespec);
+    let n = rustix::event::poll(&mut fds, ts.as_ref())?;
+    Ok(n > 0)
+}
+
+/// `waitid(P_PIDFD, fd, WEXITED [| WNOHANG])`: reaps the child `fd` refers to. `Ok(None)` when
+/// `nohang` is set and the child is still running.
+pub fn waitid_pidfd(fd: BorrowedFd<'_>, nohang: bool) -> io::Result<Option<ExitStatus>> {
+    let mut options = WaitIdOptions::EXITED;
+    if nohang {
+        options |= WaitIdOptions::NOHANG;
+    }
+    let status = match rustix::process::waitid(WaitId::PidFd(fd), options)? {
+        Some(status) => status,
+        None => return Ok(None),
+    };
+    if let Some(sig) = status.terminating_signal() {
+        return Ok(Some(ExitStatus::Signaled(sig)));
+    }
+    match status.exit_status() {
+        Some(code) => Ok(Some(ExitStatus::Exited(code))),
+        // With WNOHANG, Linux reports "no child changed state" as a zeroed siginfo.
+        None => Ok(None),
+    }
+}
+
+/// `pidfd_send_signal(fd, sig, NULL, 0)`: signals the process `fd` refers to. Unlike `kill(pid)`
+/// it cannot hit an unrelated process that reused the pid.
+pub fn pidfd_send_signal(fd: BorrowedFd<'_>, sig: i32) -> io::Result<()> {
+    // SAFETY: plain syscall with an fd we borrow for the call, a signal number the kernel
+    // validates, a null siginfo pointer (allowed) and zero flags.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            sig,
+            ptr::null::<libc::siginfo_t>(),
+            0u32,
+        )
+    };
+    if rc == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `FUTEX_WAIT` on a word that may be shared between processes (no `FUTEX_PRIVATE_FLAG`).
+/// Returns when woken, on timeout (`TimedOut`), when the word no longer holds `expected`
+/// (`WouldBlock`) or on a signal (`Interrupted`).
+pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) -> io::Result<()> {
+    let ts = timeout.map(timespec);
+    Ok(futex::wait(word, futex::Flags::empty(), expected, ts.as_ref())?)
+}
+
+/// `FUTEX_WAKE` of up to `count` waiters on a process-shared word.
+pub fn futex_wake(word: &AtomicU32, count: u32) -> io::Result<usize> {
+    Ok(futex::wake(word, futex::Flags::empty(), count)?)
+}
+
+/// An anonymous shared-memory file of `len` bytes (`memfd_create` + `ftruncate`), close-on-exec.
+pub fn memfd(name: &CStr, len: usize) -> io::Result<OwnedFd> {
+    let fd = rustix::fs::memfd_create(name, rustix::fs::MemfdFlags::CLOEXEC)?;
+    rustix::fs::ftruncate(&fd, len as u64)?;
+    Ok(fd)
+}
+
+/// Maps `len` bytes of `fd` read-write and `MAP_SHARED`, so that every process mapping the same
+/// file sees the same bytes.
+pub fn mmap_shared(fd: BorrowedFd<'_>, len: usize) -> io::Result<NonNull<u8>> {
+    use rustix::mm::{MapFlags, ProtFlags};
+    // SAFETY: a fresh mapping chosen by the kernel (null hint) cannot alias any Rust object;
+    // the caller owns the returned region and unmaps it with `munmap`.
+    let ptr = unsafe {
+        rustix::mm::mmap(
+            ptr::null_mut(),
+            len,
+            ProtFlags::READ | ProtFlags::WRITE,
+            MapFlags::SHARED,
+            fd,
+            0,
+        )?
+    };
+    NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))
+}
+
+/// Unmaps a region returned by [`mmap_shared`].
+///
+/// # Safety
+/// `ptr`/`len` must describe exactly one live mapping from [`mmap_shared`], and no reference
+/// into it may be used afterwards.
+pub unsafe fn munmap(ptr: NonNull<u8>, len: usize) -> io::Result<()> {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { Ok(rustix::mm::munmap(ptr.as_ptr().cast(), len)?) }
+}
+
+/// Starts `exe` with `argv` (argv[0] included) and the current environment through
+/// `posix_spawn` (glibc runs it as `clone(CLONE_VM | CLONE_VFORK)` + `execve`, so a large
+/// parent costs nothing to copy). The descriptors in `pass_fds` are inherited by the child with
+/// their close-on-exec flag cleared; every other descriptor at or above the lowest free slot
+/// after them is closed, and those below it that the caller left inheritable stay open, as
+/// with any exec (Python creates descriptors non-inheritable, PEP 446).
+pub fn spawn(exe: &CStr, argv: &[CString], pass_fds: &[RawFd]) -> io::Result<i32> {
+    let mut argv_ptrs: Vec<*mut libc::c_char> =
+        argv.iter().map(|a| a.as_ptr() as *mut libc::c_char).collect();
+    argv_ptrs.push(ptr::null_mut());
+    let highest = pass_fds.iter().copied().max().unwrap_or(2).max(2);
+
+    let mut actions = std::mem::MaybeUninit::<libc::posix_spawn_file_actions_t>::uninit();
+    // SAFETY: initialises the file-actions object in place; it is destroyed below on every path.
+    let rc = unsafe { libc::posix_spawn_file_actions_init(actions.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    let result = (|| {
+        for &fd in pass_fds {
+            // SAFETY: `actions` was initialised above. dup2(fd, fd) in a spawn file action
+            // clears FD_CLOEXEC on `fd` in the child (POSIX 2018; glibc >= 2.29).
+            let rc = unsafe { libc::posix_spawn_file_actions_adddup2(actions.as_mut_ptr(), fd, fd) };
+            if rc != 0 {
+                return Err(io::Error::from_raw_os_error(rc));
+            }
+        }
+        // SAFETY: `actions` was initialised above; closefrom only affects the child.
+        let rc = unsafe {
+            libc::posix_spawn_file_actions_addclosefrom_np(actions.as_mut_ptr(), highest + 1)
+        };
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        let mut pid: libc::pid_t = 0;
+        extern "C" {
+            static environ: *const *mut libc::c_char;
+        }
+        // SAFETY: every pointer is valid for the call: `exe` and `argv_ptrs` (null-terminated)
+        // borrow live CStrings, `actions` is initialised, a null attr means defaults, and
+        // `environ` is the process environment that libc itself maintains.
+        let rc = unsafe {
+            libc::posix_spawn(
+                &mut pid,
+                exe.as_ptr(),
+                actions.as_ptr(),
+                ptr::null(),
+                argv_ptrs.as_ptr(),
+                environ,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        Ok(pid)
+    })();
+    // SAFETY: `actions` was initialised by posix_spawn_file_actions_init and is not used again.
+    unsafe { libc::posix_spawn_file_actions_destroy(actions.as_mut_ptr()) };
+    result
+}
+
+/// Wraps a descriptor number received from elsewhere (a child's inherited fd).
+///
+/// # Safety
+/// `fd` must be open and owned by nobody else in this process.
+pub unsafe fn owned_fd(fd: RawFd) -> OwnedFd {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}

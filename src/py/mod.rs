@@ -1,0 +1,71 @@
+//! PyO3 bindings: every `#[pyclass]`/`#[pyfunction]` of `rmp._core`. This layer converts
+//! arguments, releases the interpreter around blocking calls, checks for signals between wait
+//! slices and maps errors. It holds no algorithm.
+
+mod process;
+mod shm;
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+/// The longest a blocking call stays detached before it re-attaches to run signal handlers.
+/// A signal that interrupts the system call returns sooner (`EINTR`).
+pub(crate) const WAIT_SLICE: Duration = Duration::from_millis(50);
+
+/// Converts a Python timeout (`None` = forever, seconds as float, negative = 0) to a deadline.
+pub(crate) fn deadline(timeout: Option<f64>) -> PyResult<Option<Instant>> {
+    match timeout {
+        None => Ok(None),
+        Some(t) if t.is_nan() => Err(PyValueError::new_err("timeout must not be NaN")),
+        Some(t) => {
+            let d = Duration::try_from_secs_f64(t.max(0.0)).unwrap_or(Duration::MAX);
+            Ok(Some(Instant::now().checked_add(d).unwrap_or_else(far_future)))
+        }
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
+}
+
+/// Runs `step` detached from the interpreter, one bounded slice at a time, until it yields a
+/// value or the deadline passes (`Ok(None)`). Between slices it re-attaches and runs signal
+/// handlers, so Ctrl-C raises `KeyboardInterrupt` within one slice. `step` receives the time it
+/// may block for and reports `Interrupted` errors as "no value yet".
+pub(crate) fn wait_detached<T, F>(
+    py: Python<'_>,
+    deadline: Option<Instant>,
+    mut step: F,
+) -> PyResult<Option<T>>
+where
+    T: Send,
+    F: FnMut(Duration) -> io::Result<Option<T>> + Send,
+{
+    loop {
+        let slice = match deadline {
+            None => WAIT_SLICE,
+            Some(d) => d.saturating_duration_since(Instant::now()).min(WAIT_SLICE),
+        };
+        match py.detach(|| step(slice)) {
+            Ok(Some(v)) => return Ok(Some(v)),
+            Ok(None) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+        py.check_signals()?;
+        if let Some(d) = deadline {
+            if Instant::now() >= d {
+                return Ok(None);
+            }
+        }
+    }
+}
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    process::register(m)?;
+    shm::register(m)?;
+    Ok(())
+}

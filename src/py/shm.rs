@@ -1,0 +1,75 @@
+//! Bindings for `crate::shm` and the futex floor the benchmark measures.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::AtomicU32;
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+use crate::errors::Error;
+use crate::shm::Segment as CoreSegment;
+use crate::sync;
+
+/// An anonymous shared-memory segment (memfd, mapped shared). Inherited across fork.
+#[pyclass(module = "rmp._core", name = "Segment", frozen)]
+pub struct Segment {
+    inner: CoreSegment,
+}
+
+impl Segment {
+    fn word(&self, offset: usize) -> PyResult<&AtomicU32> {
+        let end = offset.checked_add(4);
+        if offset % 4 != 0 || end.is_none_or(|e| e > self.inner.len()) {
+            return Err(PyValueError::new_err("offset must be 4-aligned and inside the segment"));
+        }
+        // SAFETY: the word lies inside the live mapping (checked above), is 4-aligned (mmap
+        // returns page-aligned memory and offset % 4 == 0), and is only accessed atomically;
+        // the reference does not outlive `self`, which owns the mapping.
+        Ok(unsafe { &*self.inner.as_ptr().as_ptr().add(offset).cast::<AtomicU32>() })
+    }
+}
+
+#[pymethods]
+impl Segment {
+    /// Creates a zero-filled segment of `size` bytes.
+    #[new]
+    fn new(size: usize) -> PyResult<Self> {
+        Ok(Segment {
+            inner: CoreSegment::create(size).map_err(Error::from)?,
+        })
+    }
+
+    /// Size in bytes.
+    #[getter]
+    fn size(&self) -> usize {
+        self.inner.len()
+    }
+
+    /// The memfd.
+    fn fileno(&self) -> RawFd {
+        self.inner.fd().as_raw_fd()
+    }
+
+    /// Benchmark floor: plays `rounds` turns of a futex ping-pong on the 32-bit word at
+    /// `offset` as party `me` (0 or 1), detached from the interpreter; Ctrl-C interrupts it.
+    fn futex_pingpong(&self, py: Python<'_>, offset: usize, me: u32, rounds: u64) -> PyResult<()> {
+        if me > 1 {
+            return Err(PyValueError::new_err("me must be 0 or 1"));
+        }
+        let word = self.word(offset)?;
+        let mut left = rounds;
+        while left > 0 {
+            // Each call returns after at most one wait slice without progress, so signals
+            // are checked at least every slice.
+            let played = py.detach(|| sync::futex_pingpong(word, me, left, Some(super::WAIT_SLICE)));
+            left -= played.map_err(Error::from)?;
+            py.check_signals()?;
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Segment>()?;
+    Ok(())
+}
