@@ -1,0 +1,295 @@
+"""rmp.Process against the stdlib's, under every start method (``ctx`` runs each test body
+for ``multiprocessing`` and ``rmp``), plus rmp-specific guarantees: pidfd sentinels, waits that
+release the GIL and answer Ctrl-C, the stdlib's shared process registry."""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+import rmp
+
+pytestmark = pytest.mark.timeout(120)
+
+
+# Module-level targets: spawn and forkserver children import them by name.
+def _noop():
+    pass
+
+
+def _exit_with(code):
+    sys.exit(code)
+
+
+def _raise():
+    raise ValueError("boom in child")
+
+
+def _sleep(seconds):
+    time.sleep(seconds)
+
+
+def _report_identity(q, parent_pid):
+    q.put((
+        multiprocessing.current_process().name,
+        rmp.current_process().name,
+        multiprocessing.current_process() is rmp.current_process(),
+        rmp.parent_process().pid == parent_pid,
+        multiprocessing.parent_process() is rmp.parent_process(),
+        os.getpid(),
+    ))
+
+
+def _start_grandchild(method):
+    p = rmp.get_context(method).Process(target=_noop)
+    try:
+        p.start()
+    except AssertionError as e:
+        sys.exit(7 if "daemonic processes are not allowed" in str(e) else 8)
+    p.join()
+    sys.exit(0)
+
+
+class _Subclassed(rmp.Process):
+    def __init__(self, code):
+        super().__init__()
+        self.code = code
+
+    def run(self):
+        sys.exit(self.code)
+
+
+def test_start_join_exitcode(ctx):
+    p = ctx.Process(target=_exit_with, args=(5,), name="worker")
+    assert p.exitcode is None and p.pid is None and not p.is_alive()
+    assert "initial" in repr(p)
+    p.start()
+    assert isinstance(p.pid, int) and p.pid == p.ident
+    p.join(30)
+    assert p.exitcode == 5
+    assert not p.is_alive()
+    assert p.name == "worker"
+    assert "stopped" in repr(p) and "exitcode=5" in repr(p)
+    assert p not in ctx.active_children()
+
+
+def test_exception_prints_traceback_and_exits_1(ctx, capfd, start_method):
+    p = ctx.Process(target=_raise)
+    p.start()
+    p.join(30)
+    assert p.exitcode == 1
+    if start_method == "forkserver":
+        return  # its children write to the server's stderr, captured by whichever test began it
+    err = capfd.readouterr().err
+    assert "Traceback" in err and "ValueError: boom in child" in err
+    assert f"Process {p.name}:" in err
+
+
+def test_signal_exitcodes(ctx):
+    p = ctx.Process(target=_sleep, args=(60,))
+    p.start()
+    p.terminate()
+    p.join(30)
+    assert p.exitcode == -signal.SIGTERM
+    assert "exitcode=-SIGTERM" in repr(p)
+    p = ctx.Process(target=_sleep, args=(60,))
+    p.start()
+    p.kill()
+    p.join(30)
+    assert p.exitcode == -signal.SIGKILL
+
+
+def test_join_timeout_then_alive(ctx):
+    p = ctx.Process(target=_sleep, args=(60,), daemon=True)
+    p.start()
+    t0 = time.monotonic()
+    p.join(0.3)
+    assert time.monotonic() - t0 >= 0.29  # never returns before the timeout
+    assert p.is_alive() and p.exitcode is None
+    p.kill()
+    p.join(30)
+
+
+def test_misuse_errors(ctx):
+    p = ctx.Process(target=_sleep, args=(60,))
+    with pytest.raises(AssertionError, match="can only join a started process"):
+        p.join()
+    with pytest.raises(ValueError, match="process not started"):
+        p.sentinel  # noqa: B018
+    p.start()
+    with pytest.raises(AssertionError, match="cannot start a process twice"):
+        p.start()
+    with pytest.raises(ValueError, match="Cannot close a process while it is still running"):
+        p.close()
+    with pytest.raises(AssertionError, match="process has already started"):
+        p.daemon = True
+    p.kill()
+    p.join(30)
+    p.close()
+    with pytest.raises(ValueError, match="process object is closed"):
+        p.is_alive()
+    assert "closed" in repr(p)
+    with pytest.raises(AssertionError):
+        ctx.Process(group=object())
+
+
+def test_daemon_cannot_have_children(rctx, start_method):
+    p = rctx.Process(target=_start_grandchild, args=(start_method,), daemon=True)
+    p.start()
+    p.join(60)
+    assert p.exitcode == 7
+
+
+def test_subclass_run(rctx):
+    p = _Subclassed(3)
+    p.start()
+    p.join(30)
+    assert p.exitcode == 3
+
+
+def test_registry_is_shared_with_stdlib(rctx):
+    q = multiprocessing.get_context("spawn").SimpleQueue()
+    p = rctx.Process(target=_report_identity, args=(q, os.getpid()))
+    p.start()
+    std_name, rmp_name, same, parent_ok, same_parent, pid = q.get()
+    p.join(30)
+    assert p.exitcode == 0
+    assert std_name == rmp_name == p.name
+    assert same and parent_ok and same_parent
+    assert pid == p.pid
+    # The parent's registry is the stdlib's too.
+    assert multiprocessing.current_process() is rmp.current_process()
+    q.close()
+
+
+def _put_into(q, value):
+    q.put(value)
+
+
+def test_stdlib_queue_passes_through_rmp_child(rctx, start_method):
+    std_ctx = multiprocessing.get_context("fork" if start_method == "fork" else "spawn")
+    q = std_ctx.Queue()
+    p = rctx.Process(target=_put_into, args=(q, {"via": start_method}))
+    p.start()
+    assert q.get(timeout=60) == {"via": start_method}
+    p.join(30)
+    assert p.exitcode == 0
+    q.close()
+    q.join_thread()
+
+
+def test_sentinel_works_with_connection_wait(rctx):
+    p = rctx.Process(target=_sleep, args=(0.2,))
+    p.start()
+    ready = multiprocessing.connection.wait([p.sentinel], timeout=60)
+    assert ready == [p.sentinel]
+    p.join(30)
+    assert p.exitcode == 0
+
+
+def test_join_releases_the_gil(rctx):
+    p = rctx.Process(target=_sleep, args=(1.0,))
+    p.start()
+    count = 0
+    stop = threading.Event()
+
+    def spin():
+        nonlocal count
+        while not stop.is_set():
+            count += 1
+
+    t = threading.Thread(target=spin)
+    t.start()
+    try:
+        before = count
+        p.join(60)
+        during = count - before
+    finally:
+        stop.set()
+        t.join()
+    assert p.exitcode == 0
+    # Had join held the GIL for its second, the spinning thread could not have run at all.
+    assert during > 10_000
+
+
+def test_sigint_interrupts_join(rctx):
+    p = rctx.Process(target=_sleep, args=(60,))
+    p.start()
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            p.join()
+    finally:
+        timer.join()
+        p.kill()
+        p.join(30)
+    assert p.exitcode == -signal.SIGKILL
+
+
+def _run_script(tmp_path, body, timeout=90):
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(body))
+    return subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=timeout, cwd=str(tmp_path))
+
+
+def test_daemon_children_terminated_at_exit(tmp_path, start_method):
+    r = _run_script(tmp_path, f"""
+        import time, rmp
+        def sleep():
+            time.sleep(60)
+        if __name__ == "__main__":
+            p = rmp.get_context({start_method!r}).Process(target=sleep, daemon=True)
+            p.start()
+            print(p.pid, flush=True)
+    """)
+    assert r.returncode == 0, r.stderr
+    pid = int(r.stdout.split()[0])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        pytest.fail("daemonic child survived its parent's exit")
+
+
+def test_missing_main_guard_gives_stdlibs_error(tmp_path):
+    r = _run_script(tmp_path, """
+        import rmp
+        def f():
+            pass
+        p = rmp.get_context("spawn").Process(target=f)
+        p.start()
+        p.join()
+    """)
+    assert "An attempt has been made to start a new process before" in r.stderr
+    assert r.stderr.count("An attempt has been made") <= 2  # no fork bomb
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_get_context_and_start_method(method):
+    ctx = rmp.get_context(method)
+    assert ctx.get_start_method() == method
+    with pytest.raises(ValueError, match="cannot set start method of concrete context"):
+        ctx.set_start_method("spawn")
+    with pytest.raises(ValueError, match="cannot find context for 'nope'"):
+        rmp.get_context("nope")
+
+
+def test_cpu_count_and_logger():
+    assert rmp.cpu_count() == multiprocessing.cpu_count()
+    assert rmp.get_logger() is multiprocessing.get_logger()
