@@ -61,7 +61,7 @@ def _children() -> dict[int, str]:
         except OSError:
             continue
         # comm may contain spaces/parens: split after the last ')'.
-        fields = stat[stat.rfind(")") + 2:].split()
+        fields = stat[stat.rfind(")") + 2 :].split()
         if int(fields[1]) == me:
             out[int(entry)] = fields[0]
     return out

@@ -39,14 +39,16 @@ def _sleep(seconds):
 
 
 def _report_identity(q, parent_pid):
-    q.put((
-        multiprocessing.current_process().name,
-        rmp.current_process().name,
-        multiprocessing.current_process() is rmp.current_process(),
-        rmp.parent_process().pid == parent_pid,
-        multiprocessing.parent_process() is rmp.parent_process(),
-        os.getpid(),
-    ))
+    q.put(
+        (
+            multiprocessing.current_process().name,
+            rmp.current_process().name,
+            multiprocessing.current_process() is rmp.current_process(),
+            rmp.parent_process().pid == parent_pid,
+            multiprocessing.parent_process() is rmp.parent_process(),
+            os.getpid(),
+        )
+    )
 
 
 def _start_grandchild(method):
@@ -239,12 +241,19 @@ def test_sigint_interrupts_join(rctx):
 def _run_script(tmp_path, body, timeout=90):
     script = tmp_path / "script.py"
     script.write_text(textwrap.dedent(body))
-    return subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                          timeout=timeout, cwd=str(tmp_path))
+    return subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=str(tmp_path),
+    )
 
 
 def test_daemon_children_terminated_at_exit(tmp_path, start_method):
-    r = _run_script(tmp_path, f"""
+    r = _run_script(
+        tmp_path,
+        f"""
         import time, rmp
         def sleep():
             time.sleep(60)
@@ -252,7 +261,8 @@ def test_daemon_children_terminated_at_exit(tmp_path, start_method):
             p = rmp.get_context({start_method!r}).Process(target=sleep, daemon=True)
             p.start()
             print(p.pid, flush=True)
-    """)
+    """,
+    )
     assert r.returncode == 0, r.stderr
     pid = int(r.stdout.split()[0])
     deadline = time.monotonic() + 10
@@ -268,14 +278,17 @@ def test_daemon_children_terminated_at_exit(tmp_path, start_method):
 
 
 def test_missing_main_guard_gives_stdlibs_error(tmp_path):
-    r = _run_script(tmp_path, """
+    r = _run_script(
+        tmp_path,
+        """
         import rmp
         def f():
             pass
         p = rmp.get_context("spawn").Process(target=f)
         p.start()
         p.join()
-    """)
+    """,
+    )
     assert "An attempt has been made to start a new process before" in r.stderr
     assert r.stderr.count("An attempt has been made") <= 2  # no fork bomb
 

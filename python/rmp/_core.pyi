@@ -1,8 +1,11 @@
 """Type stubs for the private extension ``rmp._core`` (Rust, PyO3)."""
 
 from os import PathLike
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence, Union, final
 
+__all__ = ["ProcessHandle", "Segment", "spawn"]
+
+@final
 class ProcessHandle:
     """A started process, watched through a pidfd."""
 
@@ -21,6 +24,7 @@ class ProcessHandle:
     def send_signal(self, sig: int) -> None: ...
     def close(self) -> None: ...
 
+@final
 class Segment:
     """An anonymous shared-memory segment (memfd, mapped shared)."""
 

@@ -21,8 +21,12 @@ import threading
 
 from . import _core, spawn, util
 
-__all__ = ["ensure_running", "get_inherited_fds", "connect_to_new_process",
-           "set_forkserver_preload"]
+__all__ = [
+    "ensure_running",
+    "get_inherited_fds",
+    "connect_to_new_process",
+    "set_forkserver_preload",
+]
 
 MAXFDS_TO_SEND = 256
 _STATUS = struct.Struct("=i")
@@ -117,10 +121,13 @@ class ForkServer:
                 desired = {}
                 if self._preload_modules:
                     data = spawn.get_preparation_data("ignore")
-                    desired = {"main_path": data.get("main_path"),
-                               "sys_path": data.get("sys_path")}
-                prog = ("from rmp.forkserver import main; main(%d, %d, %r, **%r)"
-                        % (listener.fileno(), alive_r, self._preload_modules, desired))
+                    desired = {"main_path": data.get("main_path"), "sys_path": data.get("sys_path")}
+                prog = "from rmp.forkserver import main; main(%d, %d, %r, **%r)" % (
+                    listener.fileno(),
+                    alive_r,
+                    self._preload_modules,
+                    desired,
+                )
                 exe = spawn.get_executable()
                 args = [exe, *util._util._args_from_interpreter_flags(), "-c", prog]
                 pid = util.spawnv_passfds(exe, args, [listener.fileno(), alive_r])
@@ -172,8 +179,10 @@ def main(listener_fd, alive_r, preload, main_path=None, sys_path=None):
     old_wakeup = signal.set_wakeup_fd(sig_w)
     conns = {}  # pid -> connection that waits for its exit status
 
-    with socket.socket(socket.AF_UNIX, fileno=listener_fd) as listener, \
-            selectors.DefaultSelector() as selector:
+    with (
+        socket.socket(socket.AF_UNIX, fileno=listener_fd) as listener,
+        selectors.DefaultSelector() as selector,
+    ):
         selector.register(listener, selectors.EVENT_READ)
         selector.register(alive_r, selectors.EVENT_READ)
         selector.register(sig_r, selectors.EVENT_READ)

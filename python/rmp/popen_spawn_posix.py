@@ -58,8 +58,9 @@ class Popen(popen_fork.Popen):
         child_r = parent_w = None
         try:
             child_r, parent_w = os.pipe()
-            cmd = spawn.get_command_line(tracker_fd=tracker_fd, pipe_handle=child_r,
-                                         parent_pidfd=parent_pidfd)
+            cmd = spawn.get_command_line(
+                tracker_fd=tracker_fd, pipe_handle=child_r, parent_pidfd=parent_pidfd
+            )
             self._fds.extend([child_r, parent_pidfd])
             self.pid = util.spawnv_passfds(spawn.get_executable(), cmd, self._fds)
             self._set_handle(_core.ProcessHandle(self.pid))

@@ -62,7 +62,7 @@ class BaseProcess:
         util._finalizer_registry.clear()
         util._run_after_forkers()
 
-    def __init__(self, group=None, target=None, name=None, args=(), kwargs={}, *, daemon=None):
+    def __init__(self, group=None, target=None, name=None, args=(), kwargs={}, *, daemon=None):  # noqa: B006 (the stdlib signature)
         assert group is None, "group argument must be None for now"
         count = next(_mpp._process_counter)
         parent = _mpp._current_process
@@ -93,10 +93,12 @@ class BaseProcess:
         """Start the child process."""
         self._check_closed()
         assert self._popen is None, "cannot start a process twice"
-        assert self._parent_pid == os.getpid(), \
+        assert self._parent_pid == os.getpid(), (
             "can only start a process object created by current process"
-        assert not _mpp._current_process._config.get("daemon"), \
+        )
+        assert not _mpp._current_process._config.get("daemon"), (
             "daemonic processes are not allowed to have children"
+        )
         _cleanup()
         self._popen = self._Popen(self)
         self._sentinel = self._popen.sentinel
@@ -116,6 +118,7 @@ class BaseProcess:
         self._popen.kill()
 
     if _HAS_INTERRUPT:
+
         def interrupt(self):
             """Send SIGINT to the child (Python 3.14+)."""
             self._check_closed()
@@ -147,8 +150,10 @@ class BaseProcess:
         """Release the resources of an ended process; ValueError while it still runs."""
         if self._popen is not None:
             if self._popen.poll() is None:
-                raise ValueError("Cannot close a process while it is still running. "
-                                 "You should first call join() or terminate().")
+                raise ValueError(
+                    "Cannot close a process while it is still running. "
+                    "You should first call join() or terminate()."
+                )
             self._popen.close()
             self._popen = None
             del self._sentinel
@@ -247,7 +252,8 @@ class BaseProcess:
             old_process = _mpp._current_process
             _mpp._current_process = self
             _mpp._parent_process = _ParentProcess(
-                self._parent_name, self._parent_pid, parent_sentinel)
+                self._parent_name, self._parent_pid, parent_sentinel
+            )
             if threading._HAVE_THREAD_NATIVE_ID:
                 threading.main_thread()._set_native_id()
             try:

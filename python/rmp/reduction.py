@@ -19,5 +19,13 @@ from multiprocessing.reduction import (  # noqa: F401
     sendfds,
 )
 
-__all__ = ["send_handle", "recv_handle", "ForkingPickler", "register", "dump", "DupFd",
-           "sendfds", "recvfds"]
+__all__ = [
+    "send_handle",
+    "recv_handle",
+    "ForkingPickler",
+    "register",
+    "dump",
+    "DupFd",
+    "sendfds",
+    "recvfds",
+]

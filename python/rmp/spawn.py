@@ -22,15 +22,23 @@ from multiprocessing.spawn import (  # noqa: F401  (shared: one executable setti
 
 from . import util
 
-__all__ = ["_main", "freeze_support", "set_executable", "get_executable",
-           "get_preparation_data", "get_command_line", "import_main_path"]
+__all__ = [
+    "_main",
+    "freeze_support",
+    "set_executable",
+    "get_executable",
+    "get_preparation_data",
+    "get_command_line",
+    "import_main_path",
+]
 
 
 def get_command_line(**kwds):
     """The command line that runs :func:`spawn_main` in a new interpreter."""
     if getattr(sys, "frozen", False):
-        return ([sys.executable, "--multiprocessing-fork"]
-                + ["%s=%r" % item for item in kwds.items()])
+        return [sys.executable, "--multiprocessing-fork"] + [
+            "%s=%r" % item for item in kwds.items()
+        ]
     prog = "from rmp.spawn import spawn_main; spawn_main(%s)"
     prog %= ", ".join("%s=%r" % item for item in kwds.items())
     opts = util._util._args_from_interpreter_flags()

@@ -46,16 +46,35 @@ from multiprocessing.util import (  # noqa: F401  (re-exported: shared process-g
 from . import _core
 
 __all__ = [
-    "sub_debug", "debug", "info", "sub_warning", "get_logger", "log_to_stderr",
-    "get_temp_dir", "register_after_fork", "is_exiting", "Finalize", "ForkAwareThreadLock",
-    "ForkAwareLocal", "close_all_fds_except", "SUBDEBUG", "SUBWARNING",
+    "sub_debug",
+    "debug",
+    "info",
+    "sub_warning",
+    "get_logger",
+    "log_to_stderr",
+    "get_temp_dir",
+    "register_after_fork",
+    "is_exiting",
+    "Finalize",
+    "ForkAwareThreadLock",
+    "ForkAwareLocal",
+    "close_all_fds_except",
+    "SUBDEBUG",
+    "SUBWARNING",
 ]
 
 
 def __getattr__(name: str):
     # The registries are rebound by the stdlib (e.g. in a child); always read them live.
-    if name in ("_afterfork_registry", "_finalizer_registry", "_afterfork_counter",
-                "_finalizer_counter", "_logger", "_log_to_stderr", "_exiting"):
+    if name in (
+        "_afterfork_registry",
+        "_finalizer_registry",
+        "_afterfork_counter",
+        "_finalizer_counter",
+        "_logger",
+        "_log_to_stderr",
+        "_exiting",
+    ):
         return getattr(_util, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
@@ -65,5 +84,6 @@ def spawnv_passfds(path, args, passfds):
 
     The stdlib forks and execs through ``_posixsubprocess``; rmp uses ``posix_spawn`` from Rust.
     """
-    return _core.spawn(os.fsdecode(path), [os.fsdecode(a) for a in args],
-                       sorted(set(int(fd) for fd in passfds)))
+    return _core.spawn(
+        os.fsdecode(path), [os.fsdecode(a) for a in args], sorted(set(int(fd) for fd in passfds))
+    )

@@ -103,7 +103,12 @@ pub fn pidfd_send_signal(fd: BorrowedFd<'_>, sig: i32) -> io::Result<()> {
 /// (`WouldBlock`) or on a signal (`Interrupted`).
 pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) -> io::Result<()> {
     let ts = timeout.map(timespec);
-    Ok(futex::wait(word, futex::Flags::empty(), expected, ts.as_ref())?)
+    Ok(futex::wait(
+        word,
+        futex::Flags::empty(),
+        expected,
+        ts.as_ref(),
+    )?)
 }
 
 /// `FUTEX_WAKE` of up to `count` waiters on a process-shared word.
@@ -154,8 +159,10 @@ pub unsafe fn munmap(ptr: NonNull<u8>, len: usize) -> io::Result<()> {
 /// after them is closed, and those below it that the caller left inheritable stay open, as
 /// with any exec (Python creates descriptors non-inheritable, PEP 446).
 pub fn spawn(exe: &CStr, argv: &[CString], pass_fds: &[RawFd]) -> io::Result<i32> {
-    let mut argv_ptrs: Vec<*mut libc::c_char> =
-        argv.iter().map(|a| a.as_ptr() as *mut libc::c_char).collect();
+    let mut argv_ptrs: Vec<*mut libc::c_char> = argv
+        .iter()
+        .map(|a| a.as_ptr() as *mut libc::c_char)
+        .collect();
     argv_ptrs.push(ptr::null_mut());
     let highest = pass_fds.iter().copied().max().unwrap_or(2).max(2);
 
@@ -169,7 +176,8 @@ pub fn spawn(exe: &CStr, argv: &[CString], pass_fds: &[RawFd]) -> io::Result<i32
         for &fd in pass_fds {
             // SAFETY: `actions` was initialised above. dup2(fd, fd) in a spawn file action
             // clears FD_CLOEXEC on `fd` in the child (POSIX 2018; glibc >= 2.29).
-            let rc = unsafe { libc::posix_spawn_file_actions_adddup2(actions.as_mut_ptr(), fd, fd) };
+            let rc =
+                unsafe { libc::posix_spawn_file_actions_adddup2(actions.as_mut_ptr(), fd, fd) };
             if rc != 0 {
                 return Err(io::Error::from_raw_os_error(rc));
             }

@@ -74,7 +74,12 @@ impl Child {
 
     /// Whether the process has exited (without reaping it). Works for non-children too.
     pub fn has_exited(&self) -> io::Result<bool> {
-        if self.status.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+        if self
+            .status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+        {
             return Ok(true);
         }
         platform::poll_readable(self.pidfd.as_fd(), Some(Duration::ZERO))

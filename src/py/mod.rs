@@ -22,7 +22,9 @@ pub(crate) fn deadline(timeout: Option<f64>) -> PyResult<Option<Instant>> {
         Some(t) if t.is_nan() => Err(PyValueError::new_err("timeout must not be NaN")),
         Some(t) => {
             let d = Duration::try_from_secs_f64(t.max(0.0)).unwrap_or(Duration::MAX);
-            Ok(Some(Instant::now().checked_add(d).unwrap_or_else(far_future)))
+            Ok(Some(
+                Instant::now().checked_add(d).unwrap_or_else(far_future),
+            ))
         }
     }
 }

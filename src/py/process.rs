@@ -73,7 +73,10 @@ impl ProcessHandle {
     /// The return code (negative signal number if killed) if the child has ended, else None.
     fn poll(&self) -> PyResult<Option<i32>> {
         let child = self.child()?;
-        Ok(child.try_wait().map_err(Error::from)?.map(|s| s.returncode()))
+        Ok(child
+            .try_wait()
+            .map_err(Error::from)?
+            .map(|s| s.returncode()))
     }
 
     /// Whether the process has exited (works for non-children; does not reap).
@@ -116,7 +119,10 @@ impl ProcessHandle {
     /// Whether `close()` was called.
     #[getter]
     fn closed(&self) -> bool {
-        self.child.read().unwrap_or_else(|e| e.into_inner()).is_none()
+        self.child
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none()
     }
 }
 

@@ -20,7 +20,9 @@ impl Segment {
     fn word(&self, offset: usize) -> PyResult<&AtomicU32> {
         let end = offset.checked_add(4);
         if offset % 4 != 0 || end.is_none_or(|e| e > self.inner.len()) {
-            return Err(PyValueError::new_err("offset must be 4-aligned and inside the segment"));
+            return Err(PyValueError::new_err(
+                "offset must be 4-aligned and inside the segment",
+            ));
         }
         // SAFETY: the word lies inside the live mapping (checked above), is 4-aligned (mmap
         // returns page-aligned memory and offset % 4 == 0), and is only accessed atomically;
@@ -61,7 +63,8 @@ impl Segment {
         while left > 0 {
             // Each call returns after at most one wait slice without progress, so signals
             // are checked at least every slice.
-            let played = py.detach(|| sync::futex_pingpong(word, me, left, Some(super::WAIT_SLICE)));
+            let played =
+                py.detach(|| sync::futex_pingpong(word, me, left, Some(super::WAIT_SLICE)));
             left -= played.map_err(Error::from)?;
             py.check_signals()?;
         }

@@ -28,7 +28,10 @@ impl Segment {
     /// Creates a zero-filled segment of `len` bytes (`len` > 0).
     pub fn create(len: usize) -> io::Result<Segment> {
         if len == 0 {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "segment size must be > 0"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "segment size must be > 0",
+            ));
         }
         let fd = platform::memfd(c"rmp", len)?;
         Segment::map(fd, len)
@@ -76,7 +79,10 @@ mod tests {
 
     #[test]
     fn zero_size_is_rejected() {
-        assert_eq!(Segment::create(0).unwrap_err().kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(
+            Segment::create(0).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
     }
 
     #[test]
