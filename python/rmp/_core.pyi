@@ -3,7 +3,7 @@
 from os import PathLike
 from typing import Optional, Sequence, Union, final
 
-__all__ = ["ProcessHandle", "Segment", "spawn"]
+__all__ = ["ProcessHandle", "Segment", "die_with_parent", "spawn"]
 
 @final
 class ProcessHandle:
@@ -37,3 +37,4 @@ class Segment:
 def spawn(
     executable: Union[str, PathLike[str]], args: Sequence[str], pass_fds: Sequence[int]
 ) -> int: ...
+def die_with_parent(parent_pidfd: int) -> None: ...

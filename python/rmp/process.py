@@ -254,6 +254,12 @@ class BaseProcess:
             _mpp._parent_process = _ParentProcess(
                 self._parent_name, self._parent_pid, parent_sentinel
             )
+            if self.daemon and parent_sentinel is not None:
+                # Daemonic children die with their parent even when it is SIGKILLed and
+                # cannot terminate them itself (the stdlib leaves them orphaned then).
+                from . import _core
+
+                _core.die_with_parent(parent_sentinel)
             if threading._HAVE_THREAD_NATIVE_ID:
                 threading.main_thread()._set_native_id()
             try:

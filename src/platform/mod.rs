@@ -224,3 +224,29 @@ pub unsafe fn owned_fd(fd: RawFd) -> OwnedFd {
     // SAFETY: forwarded from this function's contract.
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
+
+/// Blocks every signal in the calling thread, so that the process's signals (Ctrl-C) are
+/// delivered to the interpreter's threads, never to a Rust helper thread.
+pub fn block_all_signals_in_this_thread() -> io::Result<()> {
+    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigfillset initialises the set in place; pthread_sigmask reads it and changes
+    // only the calling thread's mask; a null old-set pointer is allowed.
+    let rc = unsafe {
+        libc::sigfillset(set.as_mut_ptr());
+        libc::pthread_sigmask(libc::SIG_BLOCK, set.as_ptr(), ptr::null_mut())
+    };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(())
+}
+
+/// Kills the calling process with SIGKILL (it cannot be caught, so this does not return once
+/// the kernel delivers it).
+pub fn kill_self() {
+    // SAFETY: getpid cannot fail; kill with our own pid and a valid signal has no memory
+    // effects on this process's Rust state.
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGKILL);
+    }
+}

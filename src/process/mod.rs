@@ -104,6 +104,32 @@ impl Child {
     }
 }
 
+/// Makes this process die with the process `parent_pidfd` refers to: a helper thread (all
+/// signals blocked) waits for that pidfd to poll readable and then SIGKILLs this process.
+///
+/// `PR_SET_PDEATHSIG` cannot serve every case: it fires when the *thread* that forked us
+/// exits, not the process, and under forkserver our kernel parent is the server, which
+/// outlives the owner. A pidfd refers to the whole process whoever forked us.
+pub fn die_with_parent(parent_pidfd: BorrowedFd<'_>) -> io::Result<()> {
+    let fd = parent_pidfd.try_clone_to_owned()?;
+    std::thread::Builder::new()
+        .name("rmp-parent-watch".into())
+        .spawn(move || {
+            let _ = platform::block_all_signals_in_this_thread();
+            loop {
+                match platform::poll_readable(fd.as_fd(), None) {
+                    Ok(true) => break,
+                    Ok(false) => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    // The descriptor is unusable: we cannot watch, so do not kill.
+                    Err(_) => return,
+                }
+            }
+            platform::kill_self();
+        })?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

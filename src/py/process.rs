@@ -149,8 +149,22 @@ fn spawn(executable: PathBuf, args: Vec<OsString>, pass_fds: Vec<RawFd>) -> PyRe
     Ok(platform::spawn(&exe, &argv, &pass_fds).map_err(Error::from)?)
 }
 
+/// Makes this process die (SIGKILL) as soon as the process `parent_pidfd` refers to exits,
+/// through a helper thread that blocks all signals. Used by daemonic children.
+#[pyfunction]
+fn die_with_parent(parent_pidfd: RawFd) -> PyResult<()> {
+    if parent_pidfd < 0 {
+        return Err(PyValueError::new_err("invalid pidfd"));
+    }
+    // SAFETY: the descriptor is only borrowed for the call (the core clones it); the caller
+    // keeps it open for that long, and an invalid number makes the clone fail with EBADF.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(parent_pidfd) };
+    Ok(crate::process::die_with_parent(fd).map_err(Error::from)?)
+}
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ProcessHandle>()?;
+    m.add_function(wrap_pyfunction!(die_with_parent, m)?)?;
     m.add_function(wrap_pyfunction!(spawn, m)?)?;
     Ok(())
 }
