@@ -362,3 +362,46 @@ def test_daemonic_child_dies_with_sigkilled_parent(tmp_path, start_method, from_
             parent.kill()
             parent.wait(30)
         parent.stdout.close()
+
+
+def test_default_start_method_is_shared_with_stdlib(tmp_path):
+    r = _run_script(
+        tmp_path,
+        """
+        import multiprocessing, rmp
+        def f():
+            pass
+        if __name__ == "__main__":
+            assert rmp.get_start_method(allow_none=True) is None
+            rmp.set_start_method("spawn")
+            assert multiprocessing.get_start_method() == "spawn"
+            assert rmp.get_context() is rmp.get_context("spawn")
+            try:
+                multiprocessing.set_start_method("fork")
+            except RuntimeError as e:
+                assert "context has already been set" in str(e)
+            else:
+                raise AssertionError("set twice")
+            rmp.set_start_method("forkserver", force=True)
+            assert multiprocessing.get_start_method() == "forkserver"
+            p = rmp.Process(target=f)
+            p.start()
+            p.join()
+            assert p.exitcode == 0 and type(p._popen).__module__ == "rmp.popen_forkserver"
+            print("ok")
+        """,
+    )
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def _report_method(q):
+    q.put((multiprocessing.get_start_method(), rmp.get_start_method()))
+
+
+def test_child_knows_its_start_method(rctx, start_method):
+    q = multiprocessing.get_context("spawn").SimpleQueue()
+    p = rctx.Process(target=_report_method, args=(q,))
+    p.start()
+    assert q.get() == (start_method, start_method)
+    p.join(30)
+    q.close()

@@ -121,35 +121,36 @@ class Process(process.BaseProcess):
 
 
 class DefaultContext(BaseContext):
-    """The context behind the top-level ``rmp`` namespace; its start method is set once."""
+    """The context behind the top-level ``rmp`` namespace.
+
+    Which start method is the default is process-global state, and it is the stdlib's: rmp
+    reads and sets ``multiprocessing``'s default context, so ``rmp.set_start_method("spawn")``
+    also governs stdlib code that asks ``multiprocessing.get_context()`` (e.g.
+    ``concurrent.futures``), exactly as it would if the program still imported
+    ``multiprocessing``. The errors are the stdlib's too ("context has already been set").
+    """
 
     Process = Process
 
     def __init__(self, context):
         self._default_context = context
-        self._actual_context = None
+
+    @property
+    def _std(self):
+        return _stdcontext._default_context
 
     def get_context(self, method=None):
         if method is None:
-            if self._actual_context is None:
-                self._actual_context = self._default_context
-            return self._actual_context
+            return _concrete_contexts[self._std.get_start_method()]
         return super().get_context(method)
 
     def set_start_method(self, method, force=False):
-        if self._actual_context is not None and not force:
-            raise RuntimeError("context has already been set")
-        if method is None and force:
-            self._actual_context = None
-            return
-        self._actual_context = self.get_context(method)
+        if method is not None and method not in _concrete_contexts:
+            raise ValueError("cannot find context for %r" % method)
+        self._std.set_start_method(method, force)
 
     def get_start_method(self, allow_none=False):
-        if self._actual_context is None:
-            if allow_none:
-                return None
-            self._actual_context = self._default_context
-        return self._actual_context._name
+        return self._std.get_start_method(allow_none)
 
     def get_all_start_methods(self):
         """The supported start methods, default first."""
@@ -217,14 +218,22 @@ _concrete_contexts = {
     "spawn": SpawnContext(),
     "forkserver": ForkServerContext(),
 }
-_default_method = "forkserver" if sys.version_info >= (3, 14) else "fork"
-_default_context = DefaultContext(_concrete_contexts[_default_method])
+# The running CPython's default: fork up to 3.13, forkserver from 3.14 (on Linux).
+_default_context = DefaultContext(
+    _concrete_contexts[_stdcontext._default_context._default_context._name]
+)
 
 
 def _force_start_method(method):
-    """In a child: record the start method it was created with (rmp's and the stdlib's)."""
-    _default_context._actual_context = _concrete_contexts[method]
+    """In a child: record the start method it was created with (the shared default)."""
     _stdcontext._force_start_method(method)
+
+
+def __getattr__(name):
+    # ``multiprocessing.context.reduction`` is a module attribute that ``reducer`` rebinds.
+    if name == "reduction":
+        return _stdcontext.reduction
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def get_spawning_popen():

@@ -42,6 +42,11 @@ class ForkServer:
         self._lock = threading.Lock()
         self._preload_modules = ["__main__"]
 
+    @property
+    def _forkserver_pid(self):
+        """The server's pid, or None (the stdlib's attribute name, read by its tests)."""
+        return None if self._server is None else self._server.pid
+
     def _stop(self):
         with self._lock:
             self._stop_unlocked()

@@ -23,6 +23,19 @@ __all__ = ["BaseProcess", "current_process", "active_children", "parent_process"
 _HAS_INTERRUPT = sys.version_info >= (3, 14)
 
 
+def __getattr__(name):
+    # The registry is the stdlib's, rebound in children: read it live, never copy it.
+    if name in (
+        "_current_process",
+        "_parent_process",
+        "_children",
+        "_process_counter",
+        "_dangling",
+    ):
+        return getattr(_mpp, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def current_process():
     """Return the process object of the current process (the same as the stdlib's)."""
     return _mpp._current_process

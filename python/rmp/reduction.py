@@ -5,6 +5,7 @@ sockets, SemLocks), so rmp shares the stdlib's ``ForkingPickler`` and its ``_ext
 instead of keeping a second registry (DESIGN.md, "Interop seams").
 """
 
+from multiprocessing import reduction as _std
 from multiprocessing.reduction import (  # noqa: F401
     ACKNOWLEDGE,
     HAVE_SEND_HANDLE,
@@ -29,3 +30,12 @@ __all__ = [
     "sendfds",
     "recvfds",
 ]
+
+
+def __getattr__(name):
+    # Pickles refer to the stdlib's private rebuild helpers by module path
+    # (``multiprocessing.reduction._rebuild_socket``...): resolve them when this module stands
+    # in for the stdlib's.
+    if name.startswith("_") and not name.startswith("__"):
+        return getattr(_std, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,6 +7,7 @@ tracker; a second tracker would double-unlink. rmp's own shared memory is anonym
 and never needs tracking.
 """
 
+from multiprocessing import resource_tracker as _std
 from multiprocessing.resource_tracker import (  # noqa: F401
     ResourceTracker,
     ensure_running,
@@ -16,3 +17,10 @@ from multiprocessing.resource_tracker import (  # noqa: F401
 )
 
 __all__ = ["ensure_running", "register", "unregister"]
+
+
+def __getattr__(name):
+    # The tracker singleton and its cleanup table are the stdlib's.
+    if name.startswith("_") and not name.startswith("__"):
+        return getattr(_std, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import os
 import sys
-from multiprocessing import spawn as _stdspawn
 from multiprocessing.spawn import (  # noqa: F401  (shared: one executable setting per process)
     freeze_support,
     get_executable,
+    get_preparation_data,
     import_main_path,
     is_forking,
+    prepare,
     set_executable,
 )
 
@@ -43,26 +44,6 @@ def get_command_line(**kwds):
     prog %= ", ".join("%s=%r" % item for item in kwds.items())
     opts = util._util._args_from_interpreter_flags()
     return [get_executable(), *opts, "-c", prog]
-
-
-def get_preparation_data(name):
-    """What the child needs to recreate the parent's environment (the stdlib's, plus rmp's
-    start method)."""
-    from . import context
-
-    d = _stdspawn.get_preparation_data(name)
-    d["rmp_start_method"] = context._default_context.get_start_method(allow_none=True)
-    return d
-
-
-def prepare(data):
-    """Apply preparation data in the child (the stdlib's rules, then rmp's start method)."""
-    from . import context
-
-    rmp_method = data.pop("rmp_start_method", None)
-    _stdspawn.prepare(data)
-    if rmp_method is not None:
-        context._default_context.set_start_method(rmp_method, force=True)
 
 
 def spawn_main(pipe_handle, parent_pid=None, tracker_fd=None, parent_pidfd=None):
