@@ -317,6 +317,31 @@ def _write(path, text) -> None:
         f.write(text)
 
 
+def _precompile(chosen) -> None:
+    """Write bytecode for the benchmark's own modules and each implementation's package.
+
+    Spawn and forkserver children import these modules again; the stdlib's modules come with
+    bytecode, and so does any package pip installed, but a checkout or an editable install
+    under PYTHONDONTWRITEBYTECODE would compile from source in every child and measure the
+    compiler instead of the library. compileall writes bytecode whatever that variable says.
+    """
+    import compileall
+    import importlib.util
+
+    dirs = [HERE]
+    for impl in chosen:
+        if impl.module == "multiprocessing":
+            continue  # the stdlib ships its bytecode
+        spec = importlib.util.find_spec(impl.module)
+        if spec is not None and spec.submodule_search_locations:
+            dirs.extend(spec.submodule_search_locations)
+    for d in dirs:
+        try:
+            compileall.compile_dir(d, quiet=2)
+        except OSError:
+            pass  # read-only install: it already has its bytecode or cannot get any
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.list:
@@ -336,6 +361,7 @@ def main(argv=None) -> int:
             sys.stderr.write("run.py: %s is not installed, skipped\n" % name)
     unmet = ["%s (no %s)" % (sc.name, ", ".join(sc.missing())) for sc in selected if sc.missing()]
     selected = [sc for sc in selected if not sc.missing()]
+    _precompile(chosen)
     jobs = build_jobs(selected, chosen, args.repeat)
     started = time.time()
     meta = {

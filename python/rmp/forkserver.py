@@ -11,6 +11,7 @@ ends it sends the exit status on the same connection. The client's sentinel is t
 from __future__ import annotations
 
 import errno
+import io
 import os
 import selectors
 import signal
@@ -29,8 +30,9 @@ __all__ = [
 ]
 
 MAXFDS_TO_SEND = 256
-_STATUS = struct.Struct("=i")
-_HELLO = struct.Struct("=q")
+_STATUS = struct.Struct("=i")  # server -> client: the child's exit code
+_HELLO = struct.Struct("=q")  # spare -> client and spare -> server: the child's pid
+_REQUEST = struct.Struct("=Q")  # client -> spare: size of the pickled data that follows
 
 
 class ForkServer:
@@ -76,15 +78,18 @@ class ForkServer:
         """In a child of the server: the descriptors its parent passed (None elsewhere)."""
         return self._inherited_fds
 
-    def connect_to_new_process(self, fds):
-        """Ask the server for a child; returns ``(connection, pid, pidfd)``."""
+    def connect_to_new_process(self, fds, data=b""):
+        """Ask the server for a child that runs the pickled ``data`` with ``fds`` (the
+        resource tracker's, the parent's pidfd, then the object's own); returns
+        ``(connection, pid, pidfd)``. The exit status arrives later on the connection."""
         self.ensure_running()
         if len(fds) + 4 >= MAXFDS_TO_SEND:
             raise ValueError("too many fds")
         client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             client.connect(self._address)
-            socket.send_fds(client, [b"F"], list(fds))
+            socket.send_fds(client, [_REQUEST.pack(len(data))], list(fds))
+            client.sendall(data)
             msg, got, _flags, _addr = socket.recv_fds(client, _HELLO.size, 1)
             if len(msg) != _HELLO.size or len(got) != 1:
                 for fd in got:
@@ -125,8 +130,16 @@ class ForkServer:
                 alive_r, alive_w = os.pipe()
                 desired = {}
                 if self._preload_modules:
+                    # Preload __main__ by path, with the parent's sys.argv visible while it
+                    # imports: CPython's fix for its long-dead ``main_path`` preload
+                    # (gh-126631, gh-137996, gh-143706; 3.13.8+ and 3.14). Older CPythons
+                    # re-ran the main script in every child instead.
                     data = spawn.get_preparation_data("ignore")
-                    desired = {"main_path": data.get("main_path"), "sys_path": data.get("sys_path")}
+                    desired = {
+                        "main_path": data.get("init_main_from_path"),
+                        "sys_path": data.get("sys_path"),
+                        "sys_argv": data.get("sys_argv"),
+                    }
                 prog = "from rmp.forkserver import main; main(%d, %d, %r, **%r)" % (
                     listener.fileno(),
                     alive_r,
@@ -149,11 +162,21 @@ class ForkServer:
             self._alive_w = alive_w
 
 
-def main(listener_fd, alive_r, preload, main_path=None, sys_path=None):
-    """The fork server's loop (runs in the server process)."""
+def main(listener_fd, alive_r, preload, main_path=None, sys_path=None, sys_argv=None):
+    """The fork server's loop (runs in the server process).
+
+    The server keeps one *spare* child forked ahead of time, blocked in ``accept()`` on the
+    listening socket, so that a request costs no fork on its critical path: the spare takes
+    the connection, receives the descriptors and the pickled process in one message, answers
+    the client with its own pid and pidfd, tells the server it was taken (handing over the
+    client connection, on which the server later sends the exit status), and runs the
+    process. The server then forks the next spare while the taken one runs.
+    """
     if preload:
         if sys_path is not None:
             sys.path[:] = sys_path
+        if sys_argv is not None:
+            sys.argv[:] = sys_argv
         if "__main__" in preload and main_path is not None:
             from multiprocessing import process as _mpp
 
@@ -182,67 +205,86 @@ def main(listener_fd, alive_r, preload, main_path=None, sys_path=None):
         signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
     }
     old_wakeup = signal.set_wakeup_fd(sig_w)
-    conns = {}  # pid -> connection that waits for its exit status
+    conns = {}  # pid -> client connection waiting for that child's exit status
+    exited = {}  # pid -> exit code, for children that ended before they reported in
+    ctl, ctl_spare = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    # Drained until EAGAIN below (socket.recv_fds ignores its flags argument).
+    ctl.setblocking(False)
+    listener = socket.socket(socket.AF_UNIX, fileno=listener_fd)
+    spare = None
 
-    with (
-        socket.socket(socket.AF_UNIX, fileno=listener_fd) as listener,
-        selectors.DefaultSelector() as selector,
-    ):
-        selector.register(listener, selectors.EVENT_READ)
+    def fork_spare():
+        # Output buffered in the server must not be written again by every child.
+        util._flush_std_streams()
+        pid = os.fork()
+        if pid != 0:
+            return pid
+        code = 1
+        try:
+            selector.close()
+            for c in conns.values():
+                c.close()
+            ctl.close()
+            for fd in (sig_r, sig_w):
+                os.close(fd)
+            code = _spare(listener, alive_r, ctl_spare, handlers, old_wakeup)
+        except BaseException:
+            sys.excepthook(*sys.exc_info())
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+    def report(pid, conn, code):
+        try:
+            conn.sendall(_STATUS.pack(code))
+        except OSError:
+            pass
+        conn.close()
+
+    with listener, ctl, ctl_spare, selectors.DefaultSelector() as selector:
         selector.register(alive_r, selectors.EVENT_READ)
         selector.register(sig_r, selectors.EVENT_READ)
+        selector.register(ctl, selectors.EVENT_READ)
         while True:
-            try:
-                ready = [key.fileobj for key, _ in selector.select()]
-                if alive_r in ready:
-                    # The parent is gone (EOF): stop serving.
-                    assert os.read(alive_r, 1) == b"", "not at EOF?"
-                    raise SystemExit
-                if sig_r in ready:
-                    os.read(sig_r, 65536)
-                    _reap(conns)
-                if listener in ready:
-                    with listener.accept()[0] as conn:
-                        _, fds, _, _ = socket.recv_fds(conn, 1, MAXFDS_TO_SEND + 1)
-                        if len(fds) < 3:
-                            for fd in fds:
-                                os.close(fd)
-                            continue
-                        pid = os.fork()
-                        if pid == 0:
-                            code = 1
-                            try:
-                                listener.close()
-                                selector.close()
-                                for fd in (sig_r, sig_w, alive_r):
-                                    os.close(fd)
-                                for c in conns.values():
-                                    c.close()
-                                conn.close()
-                                code = _serve_one(fds, handlers, old_wakeup)
-                            except Exception:
-                                sys.excepthook(*sys.exc_info())
-                                sys.stderr.flush()
-                            finally:
-                                os._exit(code)
+            if spare is None:
+                spare = fork_spare()
+            ready = [key.fileobj for key, _ in selector.select()]
+            if alive_r in ready:
+                # The parent is gone (EOF): stop serving; the idle spare sees it too.
+                raise SystemExit
+            if ctl in ready:
+                while True:
+                    try:
+                        msg, fds, _, _ = socket.recv_fds(ctl, _HELLO.size, 1)
+                    except BlockingIOError:
+                        break
+                    if len(msg) != _HELLO.size or len(fds) != 1:
                         for fd in fds:
                             os.close(fd)
-                        pidfd = os.pidfd_open(pid)
-                        try:
-                            socket.send_fds(conn, [_HELLO.pack(pid)], [pidfd])
-                        except OSError:
-                            pass
-                        finally:
-                            os.close(pidfd)
-                        conns[pid] = conn.dup()
-                        # The child may already have ended before we registered it.
-                        _reap(conns)
-            except OSError as e:
-                if e.errno != errno.ECONNABORTED:
-                    raise
+                        continue
+                    (pid,) = _HELLO.unpack(msg)
+                    conn = socket.socket(socket.AF_UNIX, fileno=fds[0])
+                    if pid == spare:
+                        spare = None
+                    if pid in exited:
+                        report(pid, conn, exited.pop(pid))
+                    else:
+                        conns[pid] = conn
+            if sig_r in ready:
+                try:
+                    os.read(sig_r, 65536)
+                except BlockingIOError:
+                    pass
+                for pid, code in _reaped():
+                    if pid == spare:
+                        spare = None  # died idle (killed?): fork another
+                    elif pid in conns:
+                        report(pid, conns.pop(pid), code)
+                    else:
+                        exited[pid] = code
 
 
-def _reap(conns):
+def _reaped():
     while True:
         try:
             pid, sts = os.waitpid(-1, os.WNOHANG)
@@ -250,25 +292,63 @@ def _reap(conns):
             return
         if pid == 0:
             return
-        conn = conns.pop(pid, None)
-        if conn is not None:
-            try:
-                conn.sendall(_STATUS.pack(os.waitstatus_to_exitcode(sts)))
-            except OSError:
-                pass
-            conn.close()
+        yield pid, os.waitstatus_to_exitcode(sts)
 
 
-def _serve_one(fds, handlers, old_wakeup):
+def _recv_exactly(conn, n):
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = conn.recv_into(view[got:])
+        if k == 0:
+            raise EOFError("client went away")
+        got += k
+    return buf
+
+
+def _spare(listener, alive_r, ctl, handlers, old_wakeup):
+    """A forked spare: wait for one request, take it, run the process, return its exit code."""
     signal.set_wakeup_fd(old_wakeup)
+    signal.signal(signal.SIGCHLD, handlers[signal.SIGCHLD])
+    with selectors.DefaultSelector() as sel:
+        sel.register(listener, selectors.EVENT_READ)
+        sel.register(alive_r, selectors.EVENT_READ)
+        while True:
+            ready = [key.fileobj for key, _ in sel.select()]
+            if alive_r in ready:
+                return 0  # the owner is gone: nothing will ever come
+            try:
+                conn, _ = listener.accept()
+                break
+            except (BlockingIOError, InterruptedError):
+                continue
+    listener.close()
+    os.close(alive_r)
+    with conn:
+        msg, fds, _, _ = socket.recv_fds(conn, _REQUEST.size, MAXFDS_TO_SEND + 1)
+        if len(msg) != _REQUEST.size or len(fds) < 2:
+            for fd in fds:
+                os.close(fd)
+            return 1
+        (size,) = _REQUEST.unpack(msg)
+        data = _recv_exactly(conn, size)
+        pid = os.getpid()
+        socket.send_fds(ctl, [_HELLO.pack(pid)], [conn.fileno()])
+        ctl.close()
+        pidfd = os.pidfd_open(pid)
+        try:
+            socket.send_fds(conn, [_HELLO.pack(pid)], [pidfd])
+        finally:
+            os.close(pidfd)
     for sig, val in handlers.items():
         signal.signal(sig, val)
-    child_r, tracker_fd, parent_pidfd, *inherited = fds
+    tracker_fd, parent_pidfd, *inherited = fds
     _forkserver._inherited_fds = inherited
     from multiprocessing import resource_tracker
 
     resource_tracker._resource_tracker._fd = tracker_fd
-    return spawn._main(child_r, parent_pidfd)
+    return spawn._run_prepared(io.BytesIO(data), parent_pidfd)
 
 
 def read_status(conn):

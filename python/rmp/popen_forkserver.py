@@ -52,20 +52,11 @@ class Popen(popen_fork.Popen):
         finally:
             _stdcontext.set_spawning_popen(None)
 
-        child_r, parent_w = os.pipe()
-        try:
-            fds = [child_r, resource_tracker.getfd(), popen_fork._own_pidfd(), *self._fds]
-            self._conn, self.pid, pidfd = forkserver.connect_to_new_process(fds)
-        except BaseException:
-            os.close(parent_w)
-            raise
-        finally:
-            os.close(child_r)
+        fds = [resource_tracker.getfd(), popen_fork._own_pidfd(), *self._fds]
+        self._conn, self.pid, pidfd = forkserver.connect_to_new_process(fds, buf.getbuffer())
         self._handle = _core.ProcessHandle.adopt(self.pid, pidfd)
         self.sentinel = self._handle.fileno()
         self.finalizer = util.Finalize(self, _release, (self._handle, self._conn))
-        with open(parent_w, "wb", closefd=True) as f:
-            f.write(buf.getbuffer())
 
     def _collect(self):
         # The child has exited; the server sends its status once it has reaped it.

@@ -58,17 +58,22 @@ def spawn_main(pipe_handle, parent_pid=None, tracker_fd=None, parent_pidfd=None)
 
 
 def _main(fd, parent_sentinel):
+    with os.fdopen(fd, "rb", closefd=True) as from_parent:
+        return _run_prepared(from_parent, parent_sentinel)
+
+
+def _run_prepared(from_parent, parent_sentinel):
+    """Read the preparation data and the process object from ``from_parent``, run it."""
     from multiprocessing import process as _mpp
     from multiprocessing import reduction
 
-    with os.fdopen(fd, "rb", closefd=True) as from_parent:
-        # The stdlib's flag for "unpickling in a new child": manager proxies rebuilt now must
-        # not incref their referent (the parent already did, see managers.RebuildProxy).
-        _mpp.current_process()._inheriting = True
-        try:
-            preparation_data = reduction.pickle.load(from_parent)
-            prepare(preparation_data)
-            self = reduction.pickle.load(from_parent)
-        finally:
-            del _mpp.current_process()._inheriting
+    # The stdlib's flag for "unpickling in a new child": manager proxies rebuilt now must
+    # not incref their referent (the parent already did, see managers.RebuildProxy).
+    _mpp.current_process()._inheriting = True
+    try:
+        preparation_data = reduction.pickle.load(from_parent)
+        prepare(preparation_data)
+        self = reduction.pickle.load(from_parent)
+    finally:
+        del _mpp.current_process()._inheriting
     return self._bootstrap(parent_sentinel)
