@@ -1,0 +1,146 @@
+"""rmp's fork server: restart after a crash, a replaced spare, concurrent requests, the
+``__main__`` preload, descriptors passed to children."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+import rmp
+from rmp import forkserver
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _exit_with(code):
+    sys.exit(code)
+
+
+def _run(ctx, code):
+    p = ctx.Process(target=_exit_with, args=(code,))
+    p.start()
+    p.join(60)
+    return p.exitcode
+
+
+def _server_children(server_pid):
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            fields = stat[stat.rfind(")") + 2 :].split()
+            if int(fields[1]) == server_pid and fields[0] != "Z":
+                out.append(int(entry))
+    return out
+
+
+def test_server_restarts_after_being_killed():
+    ctx = rmp.get_context("forkserver")
+    assert _run(ctx, 3) == 3
+    old = forkserver._forkserver._forkserver_pid
+    os.kill(old, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while not forkserver._forkserver._server.has_exited() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _run(ctx, 4) == 4
+    assert forkserver._forkserver._forkserver_pid != old
+
+
+def test_killed_spare_is_replaced():
+    ctx = rmp.get_context("forkserver")
+    assert _run(ctx, 0) == 0
+    server = forkserver._forkserver._forkserver_pid
+    deadline = time.monotonic() + 10
+    spares = []
+    while not spares and time.monotonic() < deadline:
+        spares = _server_children(server)
+        time.sleep(0.01)
+    assert len(spares) == 1, spares  # exactly one idle spare waits
+    os.kill(spares[0], signal.SIGKILL)
+    assert _run(ctx, 5) == 5
+
+
+def test_concurrent_starts_from_threads():
+    ctx = rmp.get_context("forkserver")
+    results = {}
+
+    def worker(i):
+        results[i] = _run(ctx, i % 5)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    assert results == {i: i % 5 for i in range(12)}
+
+
+def _send_through(conn, data):
+    conn.send_bytes(data)
+    conn.close()
+
+
+def test_passed_descriptors_reach_the_child():
+    # A stdlib Connection pickles its fd through reduction.DupFd while the spawning popen is
+    # set: rmp's forkserver Popen sends it with SCM_RIGHTS and the child finds it by index.
+    ctx = rmp.get_context("forkserver")
+    r, w = multiprocessing.Pipe(duplex=False)
+    try:
+        p = ctx.Process(target=_send_through, args=(w, b"via SCM_RIGHTS"))
+        p.start()
+        w.close()
+        assert r.poll(60)
+        assert r.recv_bytes() == b"via SCM_RIGHTS"
+        p.join(60)
+        assert p.exitcode == 0
+    finally:
+        r.close()
+
+
+def test_preload_type_check():
+    with pytest.raises(TypeError, match="module_names must be a list of strings"):
+        rmp.set_forkserver_preload([1])
+
+
+def test_main_module_preloaded_once(tmp_path):
+    marker = tmp_path / "imports.txt"
+    script = tmp_path / "main.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        import os, sys, rmp
+        with open({str(marker)!r}, "a") as f:
+            f.write("%d %s\\n" % (os.getpid(), sys.argv[1:]))
+        def f(x):
+            sys.exit(x)
+        if __name__ == "__main__":
+            ctx = rmp.get_context("forkserver")
+            codes = []
+            for i in range(3):
+                p = ctx.Process(target=f, args=(i,))
+                p.start()
+                p.join()
+                codes.append(p.exitcode)
+            print(codes)
+        """)
+    )
+    r = subprocess.run(
+        [sys.executable, str(script), "an-arg"], capture_output=True, text=True, timeout=90
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[0, 1, 2]"
+    lines = marker.read_text().splitlines()
+    # The parent, then the fork server once (with the parent's argv), never each child.
+    assert len(lines) == 2, lines
+    assert all(line.endswith("['an-arg']") for line in lines)
