@@ -3,7 +3,7 @@
 from os import PathLike
 from typing import Optional, Sequence, Union, final
 
-__all__ = ["ProcessHandle", "Segment", "die_with_parent", "spawn"]
+__all__ = ["ProcessHandle", "Segment", "die_with_parent", "spawn", "wait_readable"]
 
 @final
 class ProcessHandle:
@@ -38,3 +38,4 @@ def spawn(
     executable: Union[str, PathLike[str]], args: Sequence[str], pass_fds: Sequence[int]
 ) -> int: ...
 def die_with_parent(parent_pidfd: int) -> None: ...
+def wait_readable(fd: int, timeout: Optional[float] = None) -> bool: ...

@@ -94,9 +94,7 @@ class BaseContext:
     @property
     def reducer(self):
         """The module that reduces objects for other processes (the stdlib's registry)."""
-        from multiprocessing import context as c
-
-        return c.reduction
+        return _stdcontext.reduction
 
     @reducer.setter
     def reducer(self, reduction):

@@ -20,6 +20,10 @@ import struct
 import sys
 import threading
 
+# Bound at import: rmp may later stand in for ``multiprocessing`` in sys.modules.
+from multiprocessing import process as _mpp
+from multiprocessing import resource_tracker as _std_resource_tracker
+
 from . import _core, spawn, util
 
 __all__ = [
@@ -113,9 +117,7 @@ class ForkServer:
                 self._server.close()
                 self._server, self._alive_w = None, None
 
-            from multiprocessing import resource_tracker
-
-            resource_tracker.ensure_running()
+            _std_resource_tracker.ensure_running()
             address = os.path.join(util.get_temp_dir(), "rmp-fs-%d" % os.getpid())
             try:
                 os.unlink(address)
@@ -178,8 +180,6 @@ def main(listener_fd, alive_r, preload, main_path=None, sys_path=None, sys_argv=
         if sys_argv is not None:
             sys.argv[:] = sys_argv
         if "__main__" in preload and main_path is not None:
-            from multiprocessing import process as _mpp
-
             _mpp.current_process()._inheriting = True
             try:
                 spawn.import_main_path(main_path)
@@ -345,9 +345,7 @@ def _spare(listener, alive_r, ctl, handlers, old_wakeup):
         signal.signal(sig, val)
     tracker_fd, parent_pidfd, *inherited = fds
     _forkserver._inherited_fds = inherited
-    from multiprocessing import resource_tracker
-
-    resource_tracker._resource_tracker._fd = tracker_fd
+    _std_resource_tracker._resource_tracker._fd = tracker_fd
     return spawn._run_prepared(io.BytesIO(data), parent_pidfd)
 
 

@@ -6,6 +6,7 @@ import io
 import os
 from multiprocessing import context as _stdcontext
 from multiprocessing import reduction
+from multiprocessing import resource_tracker as _std_resource_tracker
 
 from . import _core, forkserver, popen_fork, spawn, util
 
@@ -41,8 +42,6 @@ class Popen(popen_fork.Popen):
         return len(self._fds) - 1
 
     def _launch(self, process_obj):
-        from multiprocessing import resource_tracker
-
         prep_data = spawn.get_preparation_data(process_obj._name)
         buf = io.BytesIO()
         _stdcontext.set_spawning_popen(self)
@@ -52,7 +51,7 @@ class Popen(popen_fork.Popen):
         finally:
             _stdcontext.set_spawning_popen(None)
 
-        fds = [resource_tracker.getfd(), popen_fork._own_pidfd(), *self._fds]
+        fds = [_std_resource_tracker.getfd(), popen_fork._own_pidfd(), *self._fds]
         self._conn, self.pid, pidfd = forkserver.connect_to_new_process(fds, buf.getbuffer())
         self._handle = _core.ProcessHandle.adopt(self.pid, pidfd)
         self.sentinel = self._handle.fileno()

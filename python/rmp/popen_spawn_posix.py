@@ -12,6 +12,7 @@ import io
 import os
 from multiprocessing import context as _stdcontext
 from multiprocessing import reduction
+from multiprocessing import resource_tracker as _std_resource_tracker
 
 from . import _core, popen_fork, spawn, util
 
@@ -41,9 +42,7 @@ class Popen(popen_fork.Popen):
         return fd
 
     def _launch(self, process_obj):
-        from multiprocessing import resource_tracker
-
-        tracker_fd = resource_tracker.getfd()
+        tracker_fd = _std_resource_tracker.getfd()
         self._fds.append(tracker_fd)
         prep_data = spawn.get_preparation_data(process_obj._name)
         fp = io.BytesIO()

@@ -321,9 +321,9 @@ class _ParentProcess(BaseProcess):
         self._config = {}
 
     def is_alive(self):
-        from multiprocessing.connection import wait
+        from . import _core
 
-        return not wait([self._sentinel], timeout=0)
+        return not _core.wait_readable(self._sentinel, 0)
 
     @property
     def ident(self):
@@ -332,10 +332,10 @@ class _ParentProcess(BaseProcess):
     pid = ident
 
     def join(self, timeout=None):
-        """Wait until the parent process ends."""
-        from multiprocessing.connection import wait
+        """Wait until the parent process ends (detached from the GIL; Ctrl-C interrupts)."""
+        from . import _core
 
-        wait([self._sentinel], timeout=timeout)
+        _core.wait_readable(self._sentinel, timeout)
 
 
 _exitcode_to_name = {}

@@ -10,7 +10,12 @@ two can never drift apart. What rmp does differently is how the child is started
 from __future__ import annotations
 
 import os
+import pickle
 import sys
+
+# Bound at import: rmp may later stand in for ``multiprocessing`` in sys.modules.
+from multiprocessing import process as _mpp
+from multiprocessing import resource_tracker as _std_resource_tracker
 from multiprocessing.spawn import (  # noqa: F401  (shared: one executable setting per process)
     freeze_support,
     get_executable,
@@ -50,9 +55,7 @@ def spawn_main(pipe_handle, parent_pid=None, tracker_fd=None, parent_pidfd=None)
     """Entry point of a spawned child: read the process object from ``pipe_handle``, run it."""
     assert is_forking(sys.argv) or not getattr(sys, "frozen", False)
     if tracker_fd is not None:
-        from multiprocessing import resource_tracker
-
-        resource_tracker._resource_tracker._fd = tracker_fd
+        _std_resource_tracker._resource_tracker._fd = tracker_fd
     exitcode = _main(pipe_handle, parent_pidfd)
     sys.exit(exitcode)
 
@@ -64,16 +67,13 @@ def _main(fd, parent_sentinel):
 
 def _run_prepared(from_parent, parent_sentinel):
     """Read the preparation data and the process object from ``from_parent``, run it."""
-    from multiprocessing import process as _mpp
-    from multiprocessing import reduction
-
     # The stdlib's flag for "unpickling in a new child": manager proxies rebuilt now must
     # not incref their referent (the parent already did, see managers.RebuildProxy).
     _mpp.current_process()._inheriting = True
     try:
-        preparation_data = reduction.pickle.load(from_parent)
+        preparation_data = pickle.load(from_parent)
         prepare(preparation_data)
-        self = reduction.pickle.load(from_parent)
+        self = pickle.load(from_parent)
     finally:
         del _mpp.current_process()._inheriting
     return self._bootstrap(parent_sentinel)

@@ -66,6 +66,19 @@ where
     }
 }
 
+/// Waits detached, in slices, until `fd` polls readable or the timeout passes.
+pub(crate) fn wait_fd_readable(
+    py: Python<'_>,
+    fd: std::os::fd::BorrowedFd<'_>,
+    timeout: Option<f64>,
+) -> PyResult<bool> {
+    let deadline = deadline(timeout)?;
+    let done = wait_detached(py, deadline, |slice| {
+        Ok(crate::platform::poll_readable(fd, Some(slice))?.then_some(()))
+    })?;
+    Ok(done.is_some())
+}
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     process::register(m)?;
     shm::register(m)?;

@@ -99,11 +99,7 @@ impl ProcessHandle {
     #[pyo3(signature = (timeout=None))]
     fn wait_exited(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
         let child = self.child()?;
-        let deadline = super::deadline(timeout)?;
-        let done = super::wait_detached(py, deadline, |slice| {
-            Ok(platform::poll_readable(child.fd(), Some(slice))?.then_some(()))
-        })?;
-        Ok(done.is_some())
+        super::wait_fd_readable(py, child.fd(), timeout)
     }
 
     /// Sends signal `sig` through the pidfd (never to a recycled pid).
@@ -162,8 +158,23 @@ fn die_with_parent(parent_pidfd: RawFd) -> PyResult<()> {
     Ok(crate::process::die_with_parent(fd).map_err(Error::from)?)
 }
 
+/// Waits until descriptor `fd` polls readable, at most `timeout` seconds (None: forever),
+/// detached from the interpreter; Ctrl-C interrupts it. Returns whether it became readable.
+#[pyfunction]
+#[pyo3(signature = (fd, timeout=None))]
+fn wait_readable(py: Python<'_>, fd: RawFd, timeout: Option<f64>) -> PyResult<bool> {
+    if fd < 0 {
+        return Err(PyValueError::new_err("invalid file descriptor"));
+    }
+    // SAFETY: borrowed for the duration of the call only; the caller keeps `fd` open (a
+    // closed number makes poll report POLLNVAL, which counts as readable, as select does).
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    super::wait_fd_readable(py, fd, timeout)
+}
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ProcessHandle>()?;
+    m.add_function(wrap_pyfunction!(wait_readable, m)?)?;
     m.add_function(wrap_pyfunction!(die_with_parent, m)?)?;
     m.add_function(wrap_pyfunction!(spawn, m)?)?;
     Ok(())
