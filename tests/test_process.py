@@ -405,3 +405,21 @@ def test_child_knows_its_start_method(rctx, start_method):
     assert q.get() == (start_method, start_method)
     p.join(30)
     q.close()
+
+
+def _check_parent(q):
+    parent = rmp.parent_process()
+    t0 = time.monotonic()
+    parent.join(0.2)  # the parent is alive: join must time out, not return at once
+    q.put((parent.name, parent.pid, parent.is_alive(), time.monotonic() - t0 >= 0.19))
+
+
+def test_parent_process_in_child(rctx):
+    q = multiprocessing.get_context("spawn").SimpleQueue()
+    p = rctx.Process(target=_check_parent, args=(q,))
+    p.start()
+    name, pid, alive, waited = q.get()
+    p.join(30)
+    q.close()
+    assert (name, pid, alive, waited) == ("MainProcess", os.getpid(), True, True)
+    assert rmp.parent_process() is None
