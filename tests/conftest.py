@@ -14,6 +14,7 @@ import threading
 import time
 
 import pytest
+from _helpers import children_of
 
 import rmp
 
@@ -49,22 +50,8 @@ def rctx(start_method):
 
 
 def _children() -> dict[int, str]:
-    """pid -> state letter of this process's direct children, read from /proc."""
-    me = os.getpid()
-    out = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # comm may contain spaces/parens: split after the last ')'.
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if int(fields[1]) == me:
-            out[int(entry)] = fields[0]
-    return out
+    """pid -> state letter of this process's direct children."""
+    return children_of(os.getpid())
 
 
 def _helpers() -> set[int]:

@@ -13,6 +13,7 @@ import threading
 import time
 
 import pytest
+from _helpers import children_of
 
 import rmp
 from rmp import forkserver
@@ -32,18 +33,7 @@ def _run(ctx, code):
 
 
 def _server_children(server_pid):
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            fields = stat[stat.rfind(")") + 2 :].split()
-            if int(fields[1]) == server_pid and fields[0] != "Z":
-                out.append(int(entry))
-    return out
+    return [pid for pid, state in children_of(server_pid).items() if state != "Z"]
 
 
 def test_server_restarts_after_being_killed():

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import io
 import os
-from multiprocessing import context as _stdcontext
-from multiprocessing import reduction
 from multiprocessing import resource_tracker as _std_resource_tracker
 
 from . import _core, forkserver, popen_fork, spawn, util
@@ -42,14 +39,7 @@ class Popen(popen_fork.Popen):
         return len(self._fds) - 1
 
     def _launch(self, process_obj):
-        prep_data = spawn.get_preparation_data(process_obj._name)
-        buf = io.BytesIO()
-        _stdcontext.set_spawning_popen(self)
-        try:
-            reduction.dump(prep_data, buf)
-            reduction.dump(process_obj, buf)
-        finally:
-            _stdcontext.set_spawning_popen(None)
+        buf = spawn.pickle_for_child(self, process_obj)
 
         fds = [_std_resource_tracker.getfd(), popen_fork._own_pidfd(), *self._fds]
         self._conn, self.pid, pidfd = forkserver.connect_to_new_process(fds, buf.getbuffer())

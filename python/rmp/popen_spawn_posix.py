@@ -8,10 +8,7 @@ data into a pipe. The child's parent sentinel is an inherited pidfd of the paren
 
 from __future__ import annotations
 
-import io
 import os
-from multiprocessing import context as _stdcontext
-from multiprocessing import reduction
 from multiprocessing import resource_tracker as _std_resource_tracker
 
 from . import _core, popen_fork, spawn, util
@@ -44,14 +41,7 @@ class Popen(popen_fork.Popen):
     def _launch(self, process_obj):
         tracker_fd = _std_resource_tracker.getfd()
         self._fds.append(tracker_fd)
-        prep_data = spawn.get_preparation_data(process_obj._name)
-        fp = io.BytesIO()
-        _stdcontext.set_spawning_popen(self)
-        try:
-            reduction.dump(prep_data, fp)
-            reduction.dump(process_obj, fp)
-        finally:
-            _stdcontext.set_spawning_popen(None)
+        fp = spawn.pickle_for_child(self, process_obj)
 
         parent_pidfd = popen_fork._own_pidfd()
         child_r = parent_w = None

@@ -9,12 +9,15 @@ two can never drift apart. What rmp does differently is how the child is started
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import sys
 
 # Bound at import: rmp may later stand in for ``multiprocessing`` in sys.modules.
+from multiprocessing import context as _stdcontext
 from multiprocessing import process as _mpp
+from multiprocessing import reduction
 from multiprocessing import resource_tracker as _std_resource_tracker
 from multiprocessing.spawn import (  # noqa: F401  (shared: one executable setting per process)
     freeze_support,
@@ -49,6 +52,20 @@ def get_command_line(**kwds):
     prog %= ", ".join("%s=%r" % item for item in kwds.items())
     opts = util._util._args_from_interpreter_flags()
     return [get_executable(), *opts, "-c", prog]
+
+
+def pickle_for_child(popen, process_obj):
+    """Pickle the preparation data and ``process_obj`` for a new child, with ``popen`` set as
+    the stdlib's spawning popen so that objects pickle their descriptors through it
+    (``duplicate_for_child``) and refuse to pickle outside of spawning as in the stdlib."""
+    fp = io.BytesIO()
+    _stdcontext.set_spawning_popen(popen)
+    try:
+        reduction.dump(get_preparation_data(process_obj._name), fp)
+        reduction.dump(process_obj, fp)
+    finally:
+        _stdcontext.set_spawning_popen(None)
+    return fp
 
 
 def spawn_main(pipe_handle, parent_pid=None, tracker_fd=None, parent_pidfd=None):
