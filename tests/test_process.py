@@ -423,3 +423,63 @@ def test_parent_process_in_child(rctx):
     q.close()
     assert (name, pid, alive, waited) == ("MainProcess", os.getpid(), True, True)
     assert rmp.parent_process() is None
+
+
+def _use_proxies(d, lst):
+    d["child"] = os.getpid()
+    lst.append("from child")
+
+
+def test_stdlib_manager_proxies_pass_through_rmp_child(rctx):
+    # Proxies send their authkey only while the stdlib's spawning popen is set (rmp sets it
+    # while it pickles a child's data) and reconnect to the manager from the child.
+    with multiprocessing.get_context("spawn").Manager() as manager:
+        d = manager.dict()
+        lst = manager.list()
+        p = rctx.Process(target=_use_proxies, args=(d, lst))
+        p.start()
+        p.join(60)
+        assert p.exitcode == 0
+        assert d["child"] == p.pid
+        assert list(lst) == ["from child"]
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_set_executable(tmp_path, method):
+    link = tmp_path / "python-link"
+    link.symlink_to(sys.executable)
+    r = _run_script(
+        tmp_path,
+        f"""
+        import sys, rmp
+        def f(expected):
+            sys.exit(0 if sys.executable == expected else 3)
+        if __name__ == "__main__":
+            rmp.set_executable({str(link)!r})
+            p = rmp.get_context({method!r}).Process(target=f, args=({str(link)!r},))
+            p.start()
+            p.join()
+            print(p.exitcode)
+        """,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "0"
+
+
+def test_log_to_stderr_is_the_stdlib_logger(capfd):
+    import logging
+
+    logger = rmp.log_to_stderr(logging.INFO)
+    try:
+        assert logger is multiprocessing.get_logger()
+        p = rmp.get_context("fork").Process(target=_noop)
+        p.start()
+        p.join(30)
+        err = capfd.readouterr().err
+        assert "child process calling self.run()" in err
+        assert "process exiting with exitcode 0" in err
+    finally:
+        logger.setLevel(logging.NOTSET)
+        for h in list(logger.handlers):
+            logger.removeHandler(h)
+        multiprocessing.util._log_to_stderr = False
