@@ -8,6 +8,7 @@
 #[cfg(not(target_os = "linux"))]
 compile_error!("rmp supports Linux only (it is built on memfd, futex and pidfd)");
 
+pub mod connection;
 pub mod errors;
 pub mod platform;
 pub mod process;
