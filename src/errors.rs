@@ -7,7 +7,7 @@
 use std::fmt;
 use std::io;
 
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::PyErr;
 
 /// Everything the Rust core can fail with.
@@ -39,8 +39,18 @@ impl From<io::Error> for Error {
 impl From<Error> for PyErr {
     fn from(e: Error) -> PyErr {
         match e {
-            // pyo3 maps the errno to the matching OSError subclass.
-            Error::Io(e) => PyErr::from(e),
+            // OSError(errno, strerror): Python itself picks the subclass for the errno
+            // (ChildProcessError for ECHILD, ProcessLookupError for ESRCH...) and sets
+            // `.errno`, which pyo3's own conversion does not do for every errno.
+            Error::Io(e) => match e.raw_os_error() {
+                Some(code) => {
+                    let text = e.to_string();
+                    let suffix = format!(" (os error {code})");
+                    let strerror = text.strip_suffix(&suffix).unwrap_or(&text).to_owned();
+                    PyOSError::new_err((code, strerror))
+                }
+                None => PyErr::from(e),
+            },
             Error::InvalidArgument(msg) => PyValueError::new_err(msg),
         }
     }

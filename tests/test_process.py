@@ -483,3 +483,21 @@ def test_log_to_stderr_is_the_stdlib_logger(capfd):
         for h in list(logger.handlers):
             logger.removeHandler(h)
         multiprocessing.util._log_to_stderr = False
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])  # a fork server's children are not ours
+def test_child_reaped_elsewhere_gives_none_like_stdlib(method):
+    p = rmp.get_context(method).Process(target=_noop)
+    p.start()
+    os.waitpid(p.pid, 0)  # someone else reaps it
+    p.join(30)
+    assert p.exitcode is None
+    assert not p.is_alive() or p.exitcode is None
+
+
+def test_os_errors_carry_errno_and_subclass():
+    import rmp._core
+
+    with pytest.raises(ProcessLookupError) as info:
+        rmp._core.ProcessHandle(2**22 + 12345)  # no such pid
+    assert info.value.errno == 3

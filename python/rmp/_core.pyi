@@ -3,7 +3,17 @@
 from os import PathLike
 from typing import Optional, Sequence, Union, final
 
-__all__ = ["ProcessHandle", "Segment", "die_with_parent", "spawn", "wait_readable"]
+from typing_extensions import Buffer
+
+__all__ = [
+    "ProcessHandle",
+    "Segment",
+    "die_with_parent",
+    "recv_message",
+    "send_message",
+    "spawn",
+    "wait_readable",
+]
 
 @final
 class ProcessHandle:
@@ -39,3 +49,5 @@ def spawn(
 ) -> int: ...
 def die_with_parent(parent_pidfd: int) -> None: ...
 def wait_readable(fd: int, timeout: Optional[float] = None) -> bool: ...
+def send_message(fd: int, data: Buffer) -> None: ...
+def recv_message(fd: int, max_length: Optional[int] = None) -> Optional[bytes]: ...

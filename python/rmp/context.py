@@ -37,6 +37,17 @@ class BaseContext:
     parent_process = staticmethod(process.parent_process)
     active_children = staticmethod(process.active_children)
 
+    def Pipe(self, duplex=True):
+        """Return two connection objects connected by a pipe (a socketpair when duplex)."""
+        from .connection import Pipe
+
+        return Pipe(duplex)
+
+    def allow_connection_pickling(self):
+        """Install the reducers that let connections and sockets be pickled for children
+        (importing ``rmp.connection`` registers them)."""
+        from . import connection  # noqa: F401
+
     def cpu_count(self):
         """Number of CPUs in the system (NotImplementedError if unknown, as the stdlib)."""
         num = os.cpu_count()

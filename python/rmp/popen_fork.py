@@ -49,17 +49,25 @@ class Popen:
 
     def poll(self, flag=os.WNOHANG):
         if self.returncode is None:
-            if flag & os.WNOHANG:
-                rc = self._handle.poll()
-            else:
-                rc = self._handle.wait(None)
+            try:
+                if flag & os.WNOHANG:
+                    rc = self._handle.poll()
+                else:
+                    rc = self._handle.wait(None)
+            except ChildProcessError:
+                # Reaped by someone else (os.waitpid(-1) elsewhere): the status is lost.
+                # The stdlib answers None here too.
+                return None
             if rc is not None:
                 self.returncode = rc
         return self.returncode
 
     def wait(self, timeout=None):
         if self.returncode is None:
-            rc = self._handle.wait(timeout)
+            try:
+                rc = self._handle.wait(timeout)
+            except ChildProcessError:
+                return None  # reaped elsewhere, as in poll()
             if rc is not None:
                 self.returncode = rc
         return self.returncode

@@ -250,3 +250,12 @@ pub fn kill_self() {
         libc::kill(libc::getpid(), libc::SIGKILL);
     }
 }
+
+/// Waits up to `timeout` for `fd` to poll writable (or in error, so that the write reports
+/// it). `Ok(false)` on timeout; `Interrupted` on a signal.
+pub fn poll_writable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<bool> {
+    let mut fds = [PollFd::new(&fd, PollFlags::OUT)];
+    let ts = timeout.map(timespec);
+    let n = rustix::event::poll(&mut fds, ts.as_ref())?;
+    Ok(n > 0)
+}

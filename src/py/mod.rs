@@ -2,6 +2,7 @@
 //! arguments, releases the interpreter around blocking calls, checks for signals between wait
 //! slices and maps errors. It holds no algorithm.
 
+mod connection;
 mod process;
 mod shm;
 
@@ -55,7 +56,7 @@ where
             Ok(Some(v)) => return Ok(Some(v)),
             Ok(None) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(crate::errors::Error::from(e).into()),
         }
         py.check_signals()?;
         if let Some(d) = deadline {
@@ -80,6 +81,7 @@ pub(crate) fn wait_fd_readable(
 }
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    connection::register(m)?;
     process::register(m)?;
     shm::register(m)?;
     Ok(())

@@ -115,11 +115,26 @@ def _install_rmp():
             if "." not in sub:
                 setattr(rmp, sub, std_mods[sub])
 
+    missing_sub = []
     missing = sorted(n for n in std_mp.__all__ if not hasattr(rmp, n))
+    # Public names that a submodule rmp provides only in part (e.g. connection.Listener while
+    # the connections work is under way) get the same treatment as missing top-level names.
+    for sub in provided:
+        mod = sys.modules["rmp." + sub]
+        for name in getattr(std_mods[sub], "__all__", ()):
+            if not hasattr(mod, name):
+                missing_sub.append((sub, name))
     bridged, filled = [], []
+    for sub, name in missing_sub:
+        if _MISSING == "stub":
+            setattr(sys.modules["rmp." + sub], name, _make_stub("%s.%s" % (sub, name)))
+        elif _MISSING == "stdlib":
+            setattr(sys.modules["rmp." + sub], name, getattr(std_mods[sub], name))
+    missing += ["%s.%s" % pair for pair in missing_sub]
     if _MISSING == "stub":
         for name in missing:
-            setattr(rmp, name, _make_stub(name))
+            if "." not in name:
+                setattr(rmp, name, _make_stub(name))
     elif _MISSING == "stdlib":
         filled = _fill_from_stdlib(rmp, std_mp, std_mods["context"])
     if _MISSING != "strict":

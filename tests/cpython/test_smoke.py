@@ -1,9 +1,9 @@
 """Fast smoke subset of the CPython conformance runner (run.py beside this file).
 
-Two small classes of CPython's own multiprocessing suite that start rmp processes and that rmp
-passes today: ``WithProcessesTestListenerClient`` (children connect back through
-``multiprocessing.connection``) and ``WithProcessesTestPollEintr`` (a child signals the parent
-while it joins another child). The whole suite is run with ``python tests/cpython/run.py``.
+Small classes of CPython's own multiprocessing suite that start rmp processes and that rmp
+passes today: ``WithProcessesTestConnection`` (rmp's Pipe and Connection, with children at the
+other end) and ``WithProcessesTestPollEintr`` (a child signals the parent while it joins
+another child). The whole suite is run with ``python tests/cpython/run.py``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RUNNER = os.path.join(HERE, "run.py")
-SMOKE_CLASSES = ("WithProcessesTestListenerClient", "WithProcessesTestPollEintr")
+SMOKE_CLASSES = ("WithProcessesTestConnection", "WithProcessesTestPollEintr")
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="rmp is Linux only")
 
@@ -78,7 +78,7 @@ def test_rmp_fork_smoke_classes_pass(tmp_path):
 def test_rmp_spawn_children_run_with_rmp(tmp_path):
     # Spawned children re-import the entry script as __mp_main__; each reports whether its
     # ``multiprocessing`` is rmp. They must all be rmp, and the class must pass.
-    classes = ("WithProcessesTestListenerClient",)
+    classes = ("WithProcessesTestConnection",)
     proc, records = _run(tmp_path, "rmp", "spawn", classes)
     _check(records, classes)
     rec = records[classes[0]]
