@@ -128,6 +128,12 @@ pub fn recv_length(fd: BorrowedFd<'_>) -> Result<u64, RecvError> {
     u64::try_from(short).map_err(|_| RecvError::TooLong(u64::MAX))
 }
 
+/// Reads the payload of a message whose length [`recv_length`] returned, into `buf` (exactly
+/// that long). The caller provides the memory, so it can be the final object's.
+pub fn recv_payload(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<(), RecvError> {
+    read_exact(fd, buf, true)
+}
+
 /// Receives one message of at most `max_len` bytes (no limit for `None`).
 pub fn recv_message(fd: BorrowedFd<'_>, max_len: Option<u64>) -> Result<Vec<u8>, RecvError> {
     let len = recv_length(fd)?;

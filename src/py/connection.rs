@@ -25,6 +25,27 @@ fn borrow(fd: RawFd) -> PyResult<BorrowedFd<'static>> {
     Ok(unsafe { BorrowedFd::borrow_raw(fd) })
 }
 
+/// How long `recv` polls without sleeping before it blocks. A cross-process wake-up costs
+/// 10-300 us here (DESIGN.md, "Measuring"); a peer that answers within this window saves
+/// both sides a sleep. Bounded, so an idle receiver costs at most this much CPU per call.
+const SPIN: std::time::Duration = std::time::Duration::from_micros(50);
+
+/// Polls `fd` without blocking until it is readable or `SPIN` has passed.
+fn spin_until_readable(fd: BorrowedFd<'_>) -> bool {
+    let start = std::time::Instant::now();
+    loop {
+        match platform::poll_readable(fd, Some(std::time::Duration::ZERO)) {
+            Ok(true) => return true,
+            Ok(false) => {}
+            Err(_) => return false, // let the blocking path report it
+        }
+        if start.elapsed() >= SPIN {
+            return false;
+        }
+        std::hint::spin_loop();
+    }
+}
+
 /// Sends `data` (any bytes-like object) as one framed message on `fd`.
 #[pyfunction]
 fn send_message(py: Python<'_>, fd: RawFd, data: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -58,15 +79,36 @@ fn recv_message(
     max_length: Option<u64>,
 ) -> PyResult<Option<Py<PyBytes>>> {
     let fd = borrow(fd)?;
-    super::wait_detached(py, None, |slice| {
-        Ok(platform::poll_readable(fd, Some(slice))?.then_some(()))
+    // A reply that comes within a few microseconds is read without sleeping: a sleep and a
+    // wake-up cost 10-300 us on these machines, far more than the spin (see SPIN).
+    let ready = py.detach(|| spin_until_readable(fd));
+    if !ready {
+        super::wait_detached(py, None, |slice| {
+            Ok(platform::poll_readable(fd, Some(slice))?.then_some(()))
+        })?;
+    }
+    let len = py
+        .detach(|| connection::recv_length(fd))
+        .map_err(recv_error)?;
+    if max_length.is_some_and(|m| len > m) {
+        return Ok(None); // left unread: the caller makes the end unreadable, as CPython
+    }
+    let len = usize::try_from(len).map_err(|_| recv_error(RecvError::TooLong(len)))?;
+    // Read straight into the new bytes object: nobody else can see it yet, so filling it
+    // while detached is safe, and the payload is copied once (kernel to object).
+    let bytes = PyBytes::new_with(py, len, |buf| {
+        py.detach(|| connection::recv_payload(fd, buf))
+            .map_err(recv_error)
     })?;
-    match py.detach(|| connection::recv_message(fd, max_length)) {
-        Ok(payload) => Ok(Some(PyBytes::new(py, &payload).unbind())),
-        Err(RecvError::TooLong(_)) => Ok(None),
-        Err(RecvError::Eof) => Err(PyEOFError::new_err(())),
-        Err(RecvError::TruncatedEof) => Err(PyOSError::new_err("got end of file during message")),
-        Err(RecvError::Io(e)) => Err(Error::from(e).into()),
+    Ok(Some(bytes.unbind()))
+}
+
+fn recv_error(e: RecvError) -> PyErr {
+    match e {
+        RecvError::Eof => PyEOFError::new_err(()),
+        RecvError::TruncatedEof => PyOSError::new_err("got end of file during message"),
+        RecvError::TooLong(_) => PyOSError::new_err("bad message length"),
+        RecvError::Io(e) => Error::from(e).into(),
     }
 }
 
