@@ -39,10 +39,6 @@ EXPECTED_MISSING = {
     "sharedctypes",
     "heap",
     "shared_memory",
-    # Pipes and connections (issue: connections): Pipe/Connection exist, these do not yet.
-    "connection.Listener",
-    "connection.Client",
-    "connection.wait",
     # Queues (issue: queues).
     "Queue",
     "SimpleQueue",

@@ -5,20 +5,32 @@ detached from the interpreter that Ctrl-C interrupts before a message starts, an
 that has started is always finished (never half a frame on the wire). The wire format is
 CPython's own, so an rmp ``Connection`` and a stdlib one can share a socket or pipe.
 
-Not built yet (the connections work continues): ``Listener``, ``Client``, ``wait`` and the
-authentication handshake.
+``Listener``/``Client`` speak the stdlib's authentication handshake in its current form
+(CPython 3.12+: HMAC with a ``{digest}``-prefixed challenge, sha256 by default) and accept
+the legacy HMAC-MD5 form of older peers, on every Python rmp supports; during the handshake
+no message longer than 256 bytes is read, whatever length a peer announces.
 """
 
 from __future__ import annotations
 
+import hmac
 import os
 import socket
+import time
 from multiprocessing import reduction as _std_reduction
-from multiprocessing.context import BufferTooShort
+from multiprocessing.connection import (  # noqa: F401  (address helpers, shared)
+    BUFSIZE,
+    CONNECTION_TIMEOUT,
+    address_type,
+    arbitrary_address,
+    default_family,
+    families,
+)
+from multiprocessing.context import AuthenticationError, BufferTooShort
 
-from . import _core
+from . import _core, util
 
-__all__ = ["Pipe", "Connection"]
+__all__ = ["Client", "Listener", "Pipe", "wait"]
 
 _ForkingPickler = _std_reduction.ForkingPickler
 
@@ -185,6 +197,228 @@ def Pipe(duplex=True):
         return Connection(s1.detach()), Connection(s2.detach())
     fd1, fd2 = os.pipe()
     return Connection(fd1, writable=False), Connection(fd2, readable=False)
+
+
+def wait(object_list, timeout=None):
+    """Wait until an object in ``object_list`` is ready (readable, at EOF, or an ended
+    process's sentinel); return the ready ones. Objects are connections, sockets, sentinels
+    (ints) or anything with ``fileno()``. The wait releases the GIL; Ctrl-C interrupts it."""
+    objs = list(object_list)
+    fds = [o if isinstance(o, int) else o.fileno() for o in objs]
+    if not fds:
+        if timeout is None:
+            raise ValueError("wait() on an empty list with no timeout would block forever")
+        time.sleep(max(timeout, 0))
+        return []
+    return [objs[i] for i in _core.wait_any(fds, timeout)]
+
+
+#
+# Listener and Client
+#
+
+
+class Listener:
+    """A listening socket whose ``accept()`` returns a :class:`Connection`; with ``authkey``,
+    both sides prove they know the key before the connection is returned."""
+
+    def __init__(self, address=None, family=None, backlog=1, authkey=None):
+        family = family or (address and address_type(address)) or default_family
+        address = address or arbitrary_address(family)
+        if family not in families:
+            raise ValueError("Family %s is not recognized." % family)
+        if family == "AF_PIPE":  # pragma: no cover - Windows only
+            raise ValueError("Family AF_PIPE is not recognized.")
+        if authkey is not None and not isinstance(authkey, bytes):
+            raise TypeError("authkey should be a byte string")
+        self._listener = _SocketListener(address, family, backlog)
+        self._authkey = authkey
+
+    def accept(self):
+        """Accept a connection (authenticating it when the listener has an authkey)."""
+        if self._listener is None:
+            raise OSError("listener is closed")
+        c = self._listener.accept()
+        if self._authkey is not None:
+            try:
+                deliver_challenge(c, self._authkey)
+                answer_challenge(c, self._authkey)
+            except BaseException:
+                c.close()
+                raise
+        return c
+
+    def close(self):
+        """Close the bound socket or named pipe of the listener."""
+        listener = self._listener
+        if listener is not None:
+            self._listener = None
+            listener.close()
+
+    @property
+    def address(self):
+        return self._listener._address
+
+    @property
+    def last_accepted(self):
+        return self._listener._last_accepted
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc_value, exc_tb):
+        self.close()
+
+
+class _SocketListener:
+    def __init__(self, address, family, backlog=1):
+        self._socket = socket.socket(getattr(socket, family))
+        try:
+            if os.name == "posix":
+                self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._socket.setblocking(True)
+            self._socket.bind(address)
+            self._socket.listen(backlog)
+            self._address = self._socket.getsockname()
+        except OSError:
+            self._socket.close()
+            raise
+        self._family = family
+        self._last_accepted = None
+        if family == "AF_UNIX" and not util.is_abstract_socket_namespace(address):
+            self._unlink = util.Finalize(self, os.unlink, args=(address,), exitpriority=0)
+        else:
+            self._unlink = None
+
+    def accept(self):
+        s, self._last_accepted = self._socket.accept()
+        s.setblocking(True)
+        return Connection(s.detach())
+
+    def close(self):
+        try:
+            self._socket.close()
+        finally:
+            unlink = self._unlink
+            if unlink is not None:
+                self._unlink = None
+                unlink()
+
+
+def Client(address, family=None, authkey=None):
+    """Connect to a :class:`Listener` (rmp's or the stdlib's) at ``address``."""
+    family = family or address_type(address)
+    if family not in families:
+        raise ValueError("Family %s is not recognized." % family)
+    with socket.socket(getattr(socket, family)) as s:
+        s.setblocking(True)
+        s.connect(address)
+        c = Connection(s.detach())
+    if authkey is not None:
+        if not isinstance(authkey, bytes):
+            c.close()
+            raise TypeError("authkey should be a byte string")
+        try:
+            answer_challenge(c, authkey)
+            deliver_challenge(c, authkey)
+        except BaseException:
+            c.close()
+            raise
+    return c
+
+
+#
+# Authentication: CPython's handshake (3.12+ form, with the legacy MD5 form of older peers)
+#
+
+MESSAGE_LENGTH = 40  # random bytes in a challenge; must stay above the legacy 20
+CHALLENGE = b"#CHALLENGE#"
+WELCOME = b"#WELCOME#"
+FAILURE = b"#FAILURE#"
+_ALLOWED_DIGESTS = frozenset({b"md5", b"sha256", b"sha384", b"sha3_256", b"sha3_384"})
+_MAX_DIGEST_LEN = max(len(d) for d in _ALLOWED_DIGESTS)
+_LEGACY_LENGTHS = (20, 16)  # a legacy challenge, a legacy (raw HMAC-MD5) response
+_MAX_HANDSHAKE_MESSAGE = 256  # nothing longer is read before the peer is authenticated
+
+
+def _digest_and_payload(message):
+    """('', message) for the legacy form, else (digest name, payload) of a '{digest}...'
+    message; AuthenticationError for anything else."""
+    if len(message) in _LEGACY_LENGTHS:
+        return "", message
+    if message.startswith(b"{"):
+        end = message.find(b"}", 1, _MAX_DIGEST_LEN + 2)
+        if end > 0 and message[1:end] in _ALLOWED_DIGESTS:
+            return message[1:end].decode("ascii"), message[end + 1 :]
+    raise AuthenticationError(
+        "unsupported message length, missing digest prefix, or unsupported digest: "
+        "message=%r" % (message,)
+    )
+
+
+def _create_response(authkey, message):
+    digest = _digest_and_payload(message)[0]
+    if not digest:
+        try:
+            return hmac.new(authkey, message, "md5").digest()
+        except ValueError:  # no MD5 (FIPS builds): answer with sha256 instead
+            digest = "sha256"
+    mac = hmac.new(authkey, message, digest).digest()
+    return b"{%s}%s" % (digest.encode("ascii"), mac)
+
+
+def _verify_challenge(authkey, message, response):
+    digest, mac = _digest_and_payload(response)
+    digest = digest or "md5"
+    try:
+        expected = hmac.new(authkey, message, digest).digest()
+    except ValueError:
+        raise AuthenticationError("response_digest=%r unsupported" % digest)
+    if len(expected) != len(mac):
+        raise AuthenticationError(
+            "expected %r of length %d got %d" % (digest, len(expected), len(mac))
+        )
+    if not hmac.compare_digest(expected, mac):
+        raise AuthenticationError("digest received was wrong")
+
+
+def _recv_handshake(connection):
+    try:
+        return connection.recv_bytes(_MAX_HANDSHAKE_MESSAGE)
+    except OSError as e:
+        if str(e) == "bad message length":
+            raise AuthenticationError("handshake message too long") from None
+        raise
+
+
+def deliver_challenge(connection, authkey, digest_name="sha256"):
+    """Send a challenge and check the peer's answer (raises AuthenticationError)."""
+    if not isinstance(authkey, bytes):
+        raise ValueError(f"Authkey must be bytes, not {type(authkey)!s}")
+    message = b"{%s}%s" % (digest_name.encode("ascii"), os.urandom(MESSAGE_LENGTH))
+    connection.send_bytes(CHALLENGE + message)
+    response = _recv_handshake(connection)
+    try:
+        _verify_challenge(authkey, message, response)
+    except AuthenticationError:
+        connection.send_bytes(FAILURE)
+        raise
+    connection.send_bytes(WELCOME)
+
+
+def answer_challenge(connection, authkey):
+    """Answer the peer's challenge (raises AuthenticationError if it rejects us)."""
+    if not isinstance(authkey, bytes):
+        raise ValueError(f"Authkey must be bytes, not {type(authkey)!s}")
+    message = _recv_handshake(connection)
+    if not message.startswith(CHALLENGE):
+        raise AuthenticationError("Protocol error, expected challenge: message=%r" % (message,))
+    message = message[len(CHALLENGE) :]
+    if len(message) < _LEGACY_LENGTHS[0]:
+        raise AuthenticationError("challenge too short: %d bytes" % len(message))
+    connection.send_bytes(_create_response(authkey, message))
+    if _recv_handshake(connection) != WELCOME:
+        raise AuthenticationError("digest sent was rejected")
 
 
 def _reduce_connection(conn):

@@ -259,3 +259,26 @@ pub fn poll_writable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Resul
     let n = rustix::event::poll(&mut fds, ts.as_ref())?;
     Ok(n > 0)
 }
+
+/// Waits up to `timeout` for any of `fds` to poll readable (or hang up / fail); returns the
+/// indices of those that did (empty on timeout). `Interrupted` on a signal.
+pub fn poll_any_readable(
+    fds: &[BorrowedFd<'_>],
+    timeout: Option<Duration>,
+) -> io::Result<Vec<usize>> {
+    let mut pfds: Vec<PollFd<'_>> = fds
+        .iter()
+        .map(|fd| PollFd::new(fd, PollFlags::IN))
+        .collect();
+    let ts = timeout.map(timespec);
+    let n = rustix::event::poll(&mut pfds, ts.as_ref())?;
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    Ok(pfds
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| !p.revents().is_empty())
+        .map(|(i, _)| i)
+        .collect())
+}

@@ -112,7 +112,26 @@ fn recv_error(e: RecvError) -> PyErr {
     }
 }
 
+/// Waits until any descriptor in `fds` is readable (or at EOF / in error), at most `timeout`
+/// seconds (None: forever), detached from the interpreter; Ctrl-C interrupts it. Returns the
+/// indices of the ready descriptors in `fds` order (empty on timeout).
+#[pyfunction]
+#[pyo3(signature = (fds, timeout=None))]
+fn wait_any(py: Python<'_>, fds: Vec<RawFd>, timeout: Option<f64>) -> PyResult<Vec<usize>> {
+    let borrowed = fds
+        .iter()
+        .map(|&fd| borrow(fd))
+        .collect::<PyResult<Vec<_>>>()?;
+    let deadline = super::deadline(timeout)?;
+    let ready = super::wait_detached(py, deadline, |slice| {
+        let r = platform::poll_any_readable(&borrowed, Some(slice))?;
+        Ok((!r.is_empty()).then_some(r))
+    })?;
+    Ok(ready.unwrap_or_default())
+}
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(wait_any, m)?)?;
     m.add_function(wrap_pyfunction!(send_message, m)?)?;
     m.add_function(wrap_pyfunction!(recv_message, m)?)?;
     Ok(())
