@@ -229,3 +229,21 @@ def test_sigint_interrupts_waits(call):
         timer.join()
         r.close()
         w.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_three_gib_message_round_trips():
+    # Longer than 2 GiB: CPython's 8-byte length extension (-1 then the length).
+    size = 3 * 2**30
+    payload = b"\x5a" * size
+    a, b = rmp.Pipe()
+    t = threading.Thread(target=a.send_bytes, args=(payload,))
+    t.start()
+    got = b.recv_bytes()
+    t.join(120)
+    assert len(got) == size
+    assert got[:1] == got[-1:] == b"\x5a" and got[size // 2] == 0x5A
+    del got, payload
+    a.close()
+    b.close()
