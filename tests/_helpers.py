@@ -21,3 +21,28 @@ def children_of(pid: int) -> dict[int, str]:
         if int(fields[1]) == pid:
             out[int(entry)] = fields[0]
     return out
+
+
+def run_counting_other_thread(call):
+    """Run ``call()`` while another Python thread counts as fast as it can; return
+    ``(call's result, how far the other thread counted meanwhile)``. A call that holds the
+    GIL while it blocks lets the counter advance by almost nothing."""
+    import threading
+
+    count = 0
+    stop = threading.Event()
+
+    def spin():
+        nonlocal count
+        while not stop.is_set():
+            count += 1
+
+    t = threading.Thread(target=spin)
+    t.start()
+    try:
+        before = count
+        result = call()
+        return result, count - before
+    finally:
+        stop.set()
+        t.join()

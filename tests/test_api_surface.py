@@ -197,6 +197,23 @@ def test_process_is_backed_by_core():
     assert p.exitcode == 0
 
 
+def test_connection_is_backed_by_core():
+    import multiprocessing.connection
+
+    import rmp.connection
+
+    a, b = rmp.Pipe()
+    try:
+        assert type(a) is rmp.connection.Connection
+        assert not issubclass(rmp.connection.Connection, multiprocessing.connection.Connection)
+        assert rmp.connection._core is rmp._core
+        for name in ("send_message", "recv_message", "wait_any"):
+            assert callable(getattr(rmp._core, name))
+    finally:
+        a.close()
+        b.close()
+
+
 def test_all_start_methods_and_default():
     methods = rmp.get_all_start_methods()
     assert set(methods) == {"fork", "spawn", "forkserver"}

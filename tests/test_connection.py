@@ -12,6 +12,7 @@ import signal
 import threading
 
 import pytest
+from _helpers import run_counting_other_thread
 
 import rmp
 import rmp.connection
@@ -166,37 +167,17 @@ def test_ends_pass_to_children(rctx):
     assert p.exitcode == 0
 
 
-def _spin_while(call):
-    count = 0
-    stop = threading.Event()
-
-    def spin():
-        nonlocal count
-        while not stop.is_set():
-            count += 1
-
-    t = threading.Thread(target=spin)
-    t.start()
-    try:
-        before = count
-        result = call()
-        return result, count - before
-    finally:
-        stop.set()
-        t.join()
-
-
 def test_recv_and_poll_release_the_gil():
     r, w = rmp.Pipe()
     timer = threading.Timer(0.5, w.send, ("late",))
     timer.start()
-    assert _spin_while(lambda: r.poll(30))[0] is True
-    value, during = _spin_while(r.recv)
+    assert run_counting_other_thread(lambda: r.poll(30))[0] is True
+    value, during = run_counting_other_thread(r.recv)
     timer.join()
     assert value == "late"
     timer = threading.Timer(0.5, w.send, ("later",))
     timer.start()
-    value, during = _spin_while(r.recv)
+    value, during = run_counting_other_thread(r.recv)
     timer.join()
     assert value == "later"
     assert during > 10_000  # the other thread ran while recv waited

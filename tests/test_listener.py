@@ -13,6 +13,7 @@ import threading
 import time
 
 import pytest
+from _helpers import run_counting_other_thread
 
 import rmp
 import rmp.connection as rmp_conn
@@ -130,23 +131,9 @@ def test_wait_over_connections_sockets_and_sentinels():
 
 def test_wait_releases_gil_and_answers_sigint():
     a, b = rmp.Pipe()
-    count = 0
-    stop = threading.Event()
-
-    def spin():
-        nonlocal count
-        while not stop.is_set():
-            count += 1
-
-    t = threading.Thread(target=spin)
-    t.start()
-    try:
-        before = count
-        assert rmp_conn.wait([a], timeout=0.5) == []
-        assert count - before > 10_000
-    finally:
-        stop.set()
-        t.join()
+    ready, counted = run_counting_other_thread(lambda: rmp_conn.wait([a], timeout=0.5))
+    assert ready == []
+    assert counted > 10_000
     timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
     timer.start()
     try:

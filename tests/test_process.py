@@ -15,6 +15,7 @@ import threading
 import time
 
 import pytest
+from _helpers import run_counting_other_thread
 
 import rmp
 
@@ -201,23 +202,7 @@ def test_sentinel_works_with_connection_wait(rctx):
 def test_join_releases_the_gil(rctx):
     p = rctx.Process(target=_sleep, args=(1.0,))
     p.start()
-    count = 0
-    stop = threading.Event()
-
-    def spin():
-        nonlocal count
-        while not stop.is_set():
-            count += 1
-
-    t = threading.Thread(target=spin)
-    t.start()
-    try:
-        before = count
-        p.join(60)
-        during = count - before
-    finally:
-        stop.set()
-        t.join()
+    _, during = run_counting_other_thread(lambda: p.join(60))
     assert p.exitcode == 0
     # Had join held the GIL for its second, the spinning thread could not have run at all.
     assert during > 10_000
