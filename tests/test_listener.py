@@ -143,3 +143,20 @@ def test_wait_releases_gil_and_answers_sigint():
         timer.join()
         a.close()
         b.close()
+
+
+def test_accept_releases_gil_and_answers_sigint():
+    with rmp_conn.Listener() as listener:
+        timer = threading.Timer(0.5, lambda: rmp_conn.Client(listener.address).close())
+        timer.start()
+        conn, counted = run_counting_other_thread(listener.accept)
+        timer.join()
+        conn.close()
+        assert counted > 10_000
+        timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+        timer.start()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                listener.accept()
+        finally:
+            timer.join()
