@@ -431,17 +431,20 @@ def test_stdlib_manager_proxies_pass_through_rmp_child(rctx):
 
 @pytest.mark.parametrize("method", ["spawn", "forkserver"])
 def test_set_executable(tmp_path, method):
-    link = tmp_path / "python-link"
-    link.symlink_to(sys.executable)
+    # A wrapper that marks the environment, then runs the real interpreter (a bare symlink
+    # would lose a virtualenv, whose pyvenv.cfg is found next to the executable).
+    wrapper = tmp_path / "python-wrapper"
+    wrapper.write_text('#!/bin/sh\nRMP_VIA_WRAPPER=1 exec "%s" "$@"\n' % sys.executable)
+    wrapper.chmod(0o755)
     r = _run_script(
         tmp_path,
         f"""
-        import sys, rmp
-        def f(expected):
-            sys.exit(0 if sys.executable == expected else 3)
+        import os, sys, rmp
+        def f():
+            sys.exit(0 if os.environ.get("RMP_VIA_WRAPPER") == "1" else 3)
         if __name__ == "__main__":
-            rmp.set_executable({str(link)!r})
-            p = rmp.get_context({method!r}).Process(target=f, args=({str(link)!r},))
+            rmp.set_executable({str(wrapper)!r})
+            p = rmp.get_context({method!r}).Process(target=f)
             p.start()
             p.join()
             print(p.exitcode)
