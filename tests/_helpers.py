@@ -46,3 +46,20 @@ def run_counting_other_thread(call):
     finally:
         stop.set()
         t.join()
+
+
+def pid_gone(pid: int, timeout: float) -> bool:
+    """Whether process ``pid`` ends (exits or becomes a zombie) within ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                    return True
+        except OSError:
+            return True  # no such process
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)

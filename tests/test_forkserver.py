@@ -13,7 +13,7 @@ import threading
 import time
 
 import pytest
-from _helpers import children_of
+from _helpers import children_of, pid_gone
 
 import rmp
 from rmp import forkserver
@@ -134,3 +134,20 @@ def test_main_module_preloaded_once(tmp_path):
     # The parent, then the fork server once (with the parent's argv), never each child.
     assert len(lines) == 2, lines
     assert all(line.endswith("['an-arg']") for line in lines)
+
+
+def test_spare_exits_when_its_server_is_killed():
+    ctx = rmp.get_context("forkserver")
+    assert _run(ctx, 0) == 0
+    server = forkserver._forkserver._forkserver_pid
+    deadline = time.monotonic() + 10
+    spares = []
+    while not spares and time.monotonic() < deadline:
+        spares = _server_children(server)
+        time.sleep(0.01)
+    assert len(spares) == 1
+    os.kill(server, signal.SIGKILL)
+    if not pid_gone(spares[0], 10):
+        os.kill(spares[0], signal.SIGKILL)
+        pytest.fail("the idle spare outlived its fork server")
+    assert _run(ctx, 6) == 6  # and a new server serves again

@@ -15,7 +15,7 @@ import threading
 import time
 
 import pytest
-from _helpers import run_counting_other_thread
+from _helpers import pid_gone, run_counting_other_thread
 
 import rmp
 
@@ -293,23 +293,6 @@ def test_cpu_count_and_logger():
     assert rmp.get_logger() is multiprocessing.get_logger()
 
 
-def _pid_gone(pid, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        try:  # a zombie still answers kill(0); it is gone for our purpose
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    return True
-        except OSError:
-            return True
-        time.sleep(0.05)
-    return False
-
-
 @pytest.mark.parametrize("from_thread", [False, True], ids=["main-thread", "other-thread"])
 def test_daemonic_child_dies_with_sigkilled_parent(tmp_path, start_method, from_thread):
     script = tmp_path / "parent.py"
@@ -335,10 +318,10 @@ def test_daemonic_child_dies_with_sigkilled_parent(tmp_path, start_method, from_
     parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     try:
         child_pid = int(parent.stdout.readline())
-        assert not _pid_gone(child_pid, 0.2), "child died too early"
+        assert not pid_gone(child_pid, 0.2), "child died too early"
         parent.kill()
         parent.wait(30)
-        ok = _pid_gone(child_pid, 15)
+        ok = pid_gone(child_pid, 15)
         if not ok:
             os.kill(child_pid, signal.SIGKILL)
         assert ok, "daemonic child outlived its SIGKILLed parent (orphan)"

@@ -212,6 +212,7 @@ def main(listener_fd, alive_r, preload, main_path=None, sys_path=None, sys_argv=
     ctl.setblocking(False)
     listener = socket.socket(socket.AF_UNIX, fileno=listener_fd)
     spare = None
+    server_pid = os.getpid()
 
     def fork_spare():
         # Output buffered in the server must not be written again by every child.
@@ -227,14 +228,14 @@ def main(listener_fd, alive_r, preload, main_path=None, sys_path=None, sys_argv=
             ctl.close()
             for fd in (sig_r, sig_w):
                 os.close(fd)
-            code = _spare(listener, alive_r, ctl_spare, handlers, old_wakeup)
+            code = _spare(listener, alive_r, ctl_spare, handlers, old_wakeup, server_pid)
         except BaseException:
             sys.excepthook(*sys.exc_info())
             sys.stderr.flush()
         finally:
             os._exit(code)
 
-    def report(pid, conn, code):
+    def report(conn, code):
         try:
             conn.sendall(_STATUS.pack(code))
         except OSError:
@@ -267,7 +268,7 @@ def main(listener_fd, alive_r, preload, main_path=None, sys_path=None, sys_argv=
                     if pid == spare:
                         spare = None
                     if pid in exited:
-                        report(pid, conn, exited.pop(pid))
+                        report(conn, exited.pop(pid))
                     else:
                         conns[pid] = conn
             if sig_r in ready:
@@ -279,7 +280,7 @@ def main(listener_fd, alive_r, preload, main_path=None, sys_path=None, sys_argv=
                     if pid == spare:
                         spare = None  # died idle (killed?): fork another
                     elif pid in conns:
-                        report(pid, conns.pop(pid), code)
+                        report(conns.pop(pid), code)
                     else:
                         exited[pid] = code
 
@@ -307,17 +308,29 @@ def _recv_exactly(conn, n):
     return buf
 
 
-def _spare(listener, alive_r, ctl, handlers, old_wakeup):
-    """A forked spare: wait for one request, take it, run the process, return its exit code."""
+def _spare(listener, alive_r, ctl, handlers, old_wakeup, server_pid):
+    """A forked spare: wait for one request, take it, run the process, return its exit code.
+
+    While idle it also watches the server (a pidfd): a spare whose server was killed would
+    otherwise wait, orphaned, until the owner exits."""
     signal.set_wakeup_fd(old_wakeup)
     signal.signal(signal.SIGCHLD, handlers[signal.SIGCHLD])
+    try:
+        server = os.pidfd_open(server_pid)
+    except OSError:
+        return 0
+    if os.getppid() != server_pid:  # the server died before we watched it
+        os.close(server)
+        return 0
     with selectors.DefaultSelector() as sel:
         sel.register(listener, selectors.EVENT_READ)
         sel.register(alive_r, selectors.EVENT_READ)
+        sel.register(server, selectors.EVENT_READ)
         while True:
             ready = [key.fileobj for key, _ in sel.select()]
-            if alive_r in ready:
-                return 0  # the owner is gone: nothing will ever come
+            if alive_r in ready or server in ready:
+                os.close(server)
+                return 0  # the owner or the server is gone: nothing will ever come
             try:
                 conn, _ = listener.accept()
                 break
@@ -325,6 +338,7 @@ def _spare(listener, alive_r, ctl, handlers, old_wakeup):
                 continue
     listener.close()
     os.close(alive_r)
+    os.close(server)
     with conn:
         msg, fds, _, _ = socket.recv_fds(conn, _REQUEST.size, MAXFDS_TO_SEND + 1)
         if len(msg) != _REQUEST.size or len(fds) < 2:

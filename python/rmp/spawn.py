@@ -70,7 +70,6 @@ def pickle_for_child(popen, process_obj):
 
 def spawn_main(pipe_handle, parent_pid=None, tracker_fd=None, parent_pidfd=None):
     """Entry point of a spawned child: read the process object from ``pipe_handle``, run it."""
-    assert is_forking(sys.argv) or not getattr(sys, "frozen", False)
     if tracker_fd is not None:
         _std_resource_tracker._resource_tracker._fd = tracker_fd
     exitcode = _main(pipe_handle, parent_pidfd)
