@@ -157,6 +157,18 @@ def _status_text(s, detail=True) -> str:
     return s["status"]
 
 
+def _ok_cells(s, base):
+    """Wall, CPU, ratios, target and mark of one implementation's verified result."""
+    return [
+        fmt_spread(s["wall_per_op"]),
+        fmt_time(s["cpu_per_op"]["median"]),
+        "base" if base else fmt_ratio(s["ratio"]),
+        "base" if base else fmt_ratio(s["cpu_ratio"]),
+        ">=%gx" % s["target"] if s["target"] is not None else "",
+        _mark(s),
+    ]
+
+
 def _mark(s) -> str:
     if s["target"] is None:
         return ""
@@ -235,18 +247,7 @@ def render_text(report) -> str:
                 first = sc["name"] if i == 0 else ("(per %s)" % sc["unit"] if i == 1 else "")
                 if s["status"] == OK:
                     base = s["name"] == report["baseline"]
-                    rows.append(
-                        [
-                            first,
-                            s["name"],
-                            fmt_spread(s["wall_per_op"]),
-                            fmt_time(s["cpu_per_op"]["median"]),
-                            "base" if base else fmt_ratio(s["ratio"]),
-                            "base" if base else fmt_ratio(s["cpu_ratio"]),
-                            ">=%gx" % s["target"] if s["target"] is not None else "",
-                            _mark(s),
-                        ]
-                    )
+                    rows.append([first, s["name"], *_ok_cells(s, base)])
                 else:
                     rows.append([first, s["name"], _status_text(s, False), "", "", "", "", ""])
                     notes.setdefault(len(rows), []).append(
@@ -342,14 +343,7 @@ def render_markdown(report) -> str:
                 name = "%s (per %s)" % (sc["name"], sc["unit"]) if i == 0 else ""
                 if s["status"] == OK:
                     base = s["name"] == report["baseline"]
-                    cells = [
-                        fmt_spread(s["wall_per_op"]),
-                        fmt_time(s["cpu_per_op"]["median"]),
-                        "base" if base else fmt_ratio(s["ratio"]),
-                        "base" if base else fmt_ratio(s["cpu_ratio"]),
-                        ">=%gx" % s["target"] if s["target"] is not None else "",
-                        _mark(s),
-                    ]
+                    cells = _ok_cells(s, base)
                 else:
                     cells = ["**%s**" % _status_text(s).replace("|", "/"), "", "", "", "", ""]
                 out.append(

@@ -36,6 +36,18 @@ def _server_children(server_pid):
     return [pid for pid, state in children_of(server_pid).items() if state != "Z"]
 
 
+def _server_and_spares(ctx):
+    """Start a process through the server, then return (server pid, its idle spares)."""
+    assert _run(ctx, 0) == 0
+    server = forkserver._forkserver._forkserver_pid
+    deadline = time.monotonic() + 10
+    spares = []
+    while not spares and time.monotonic() < deadline:
+        spares = _server_children(server)
+        time.sleep(0.01)
+    return server, spares
+
+
 def test_server_restarts_after_being_killed():
     ctx = rmp.get_context("forkserver")
     assert _run(ctx, 3) == 3
@@ -50,13 +62,7 @@ def test_server_restarts_after_being_killed():
 
 def test_killed_spare_is_replaced():
     ctx = rmp.get_context("forkserver")
-    assert _run(ctx, 0) == 0
-    server = forkserver._forkserver._forkserver_pid
-    deadline = time.monotonic() + 10
-    spares = []
-    while not spares and time.monotonic() < deadline:
-        spares = _server_children(server)
-        time.sleep(0.01)
+    server, spares = _server_and_spares(ctx)
     assert len(spares) == 1, spares  # exactly one idle spare waits
     os.kill(spares[0], signal.SIGKILL)
     assert _run(ctx, 5) == 5
@@ -138,13 +144,7 @@ def test_main_module_preloaded_once(tmp_path):
 
 def test_spare_exits_when_its_server_is_killed():
     ctx = rmp.get_context("forkserver")
-    assert _run(ctx, 0) == 0
-    server = forkserver._forkserver._forkserver_pid
-    deadline = time.monotonic() + 10
-    spares = []
-    while not spares and time.monotonic() < deadline:
-        spares = _server_children(server)
-        time.sleep(0.01)
+    server, spares = _server_and_spares(ctx)
     assert len(spares) == 1
     os.kill(server, signal.SIGKILL)
     if not pid_gone(spares[0], 10):

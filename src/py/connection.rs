@@ -42,7 +42,8 @@ fn spin_until_readable(fd: BorrowedFd<'_>) -> bool {
         if start.elapsed() >= SPIN {
             return false;
         }
-        std::hint::spin_loop();
+        // Yield rather than burn: on a busy machine the peer may need this very core.
+        std::thread::yield_now();
     }
 }
 
