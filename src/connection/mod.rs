@@ -12,6 +12,7 @@
 //! [`crate::platform::poll_readable`].
 
 use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
 use std::os::fd::BorrowedFd;
 
 /// Largest length the 4-byte header can carry; longer payloads use the 8-byte extension.
@@ -128,10 +129,20 @@ pub fn recv_length(fd: BorrowedFd<'_>) -> Result<u64, RecvError> {
     u64::try_from(short).map_err(|_| RecvError::TooLong(u64::MAX))
 }
 
-/// Reads the payload of a message whose length [`recv_length`] returned, into `buf` (exactly
-/// that long). The caller provides the memory, so it can be the final object's.
-pub fn recv_payload(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<(), RecvError> {
-    read_exact(fd, buf, true)
+/// Reads the payload of a message whose length [`recv_length`] returned into `buf` (exactly
+/// that long), which may be uninitialised: the caller provides the memory, so it can be the
+/// final object's, and nothing needs to zero it first. On success every byte is initialised.
+pub fn recv_payload(fd: BorrowedFd<'_>, buf: &mut [MaybeUninit<u8>]) -> Result<(), RecvError> {
+    let mut got = 0;
+    while got < buf.len() {
+        match rustix::io::read(fd, &mut buf[got..]) {
+            Ok(([], _)) => return Err(RecvError::TruncatedEof),
+            Ok((filled, _)) => got += filled.len(),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(RecvError::Io(e.into())),
+        }
+    }
+    Ok(())
 }
 
 /// Receives one message of at most `max_len` bytes (no limit for `None`).
@@ -218,6 +229,24 @@ mod tests {
         drop(w);
         assert!(matches!(
             recv_message(r.as_fd(), None),
+            Err(RecvError::TruncatedEof)
+        ));
+    }
+
+    #[test]
+    fn payload_into_uninitialised_memory() {
+        let (r, w) = pipe();
+        send_message(w.as_fd(), b"0123456789").unwrap();
+        let len = recv_length(r.as_fd()).unwrap() as usize;
+        let mut buf = vec![MaybeUninit::<u8>::uninit(); len];
+        recv_payload(r.as_fd(), &mut buf).unwrap();
+        // SAFETY: recv_payload initialised every byte (it returned Ok).
+        let bytes: Vec<u8> = buf.iter().map(|b| unsafe { b.assume_init() }).collect();
+        assert_eq!(bytes, b"0123456789");
+        drop(w);
+        let mut more = [MaybeUninit::<u8>::uninit(); 4];
+        assert!(matches!(
+            recv_payload(r.as_fd(), &mut more),
             Err(RecvError::TruncatedEof)
         ));
     }

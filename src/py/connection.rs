@@ -95,13 +95,31 @@ fn recv_message(
         return Ok(None); // left unread: the caller makes the end unreadable, as CPython
     }
     let len = usize::try_from(len).map_err(|_| recv_error(RecvError::TooLong(len)))?;
-    // Read straight into the new bytes object: nobody else can see it yet, so filling it
-    // while detached is safe, and the payload is copied once (kernel to object).
-    let bytes = PyBytes::new_with(py, len, |buf| {
-        py.detach(|| connection::recv_payload(fd, buf))
-            .map_err(recv_error)
-    })?;
-    Ok(Some(bytes.unbind()))
+    // Read straight into a new, uninitialised bytes object: nobody else can see it yet, so
+    // filling it while detached is safe, nothing zeroes it first, and the payload is copied
+    // once (kernel to object).
+    let ssize = pyo3::ffi::Py_ssize_t::try_from(len)
+        .map_err(|_| recv_error(RecvError::TooLong(len as u64)))?;
+    // SAFETY: a null source asks CPython for an uninitialised bytes object of `len` bytes;
+    // the returned reference is owned (or null with an exception set, which the call below
+    // turns into Err).
+    let obj = unsafe {
+        Bound::from_owned_ptr_or_err(
+            py,
+            pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), ssize),
+        )?
+    };
+    // SAFETY: `obj` is a bytes object we own, so PyBytes_AsString returns its buffer of `len`
+    // bytes (plus CPython's trailing NUL), valid while `obj` lives, which outlives the slice.
+    // Viewing it as MaybeUninit<u8> makes no claim about its contents.
+    let buf = unsafe {
+        let ptr = pyo3::ffi::PyBytes_AsString(obj.as_ptr()).cast::<std::mem::MaybeUninit<u8>>();
+        std::slice::from_raw_parts_mut(ptr, len)
+    };
+    py.detach(|| connection::recv_payload(fd, buf))
+        .map_err(recv_error)?;
+    // Every byte is initialised now (recv_payload returned Ok): the object may be shared.
+    Ok(Some(obj.cast_into::<PyBytes>()?.unbind()))
 }
 
 fn recv_error(e: RecvError) -> PyErr {
