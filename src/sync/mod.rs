@@ -1,7 +1,10 @@
 //! Futex-based synchronization over shared memory.
 //!
-//! For now only the primitive the benchmark uses as its floor: a two-party turn word, the
-//! cheapest possible cross-process hand-off (one futex wake and one futex wait per turn).
+//! `semaphore`: the futex semaphore that `SemLock` will build on. Below, the benchmark's
+//! floor: a two-party turn word, the cheapest possible cross-process hand-off (one futex wake
+//! and one futex wait per turn).
+
+pub mod semaphore;
 
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
