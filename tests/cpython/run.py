@@ -122,6 +122,16 @@ def _group_members(pgid):
     return pids
 
 
+# Process groups of the classes running now: killed if the runner itself is stopped
+# (Ctrl-C, SIGTERM from `timeout` or CI), so that no test process outlives it.
+_ACTIVE_GROUPS = set()
+
+
+def _kill_active_groups():
+    for pgid in list(_ACTIVE_GROUPS):
+        _kill_group(pgid)
+
+
 def _kill_group(pgid):
     try:
         os.killpg(pgid, signal.SIGKILL)
@@ -161,12 +171,15 @@ def run_class(cls, impl, method, opts):
             cwd=cwd,
             start_new_session=True,
         )
+        _ACTIVE_GROUPS.add(proc.pid)
         try:
             rc = proc.wait(timeout=opts.timeout)
         except subprocess.TimeoutExpired:
             _kill_group(proc.pid)
             rc = proc.wait()
             status = "timeout"
+        finally:
+            _ACTIVE_GROUPS.discard(proc.pid)
     elapsed = time.monotonic() - t0
     # Whatever is left in the group (children that outlived the class) is killed too.
     strays = _group_members(proc.pid)
@@ -687,6 +700,21 @@ def main(argv=None):
     # exec() give the test processes the default disposition back.
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def _terminated(signum, frame):
+        raise KeyboardInterrupt("runner terminated (signal %d)" % signum)
+
+    signal.signal(signal.SIGTERM, _terminated)
+    try:
+        return _main(opts, argv)
+    except KeyboardInterrupt:
+        _kill_active_groups()
+        raise
+    finally:
+        _kill_active_groups()
+
+
+def _main(opts, argv):
     opts.internals_map = load_internals(opts.internals)
 
     if opts.from_json:
