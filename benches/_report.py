@@ -157,6 +157,15 @@ def _status_text(s, detail=True) -> str:
     return s["status"]
 
 
+def _floor_note(f):
+    """The extra figure a floor reports: a throughput or an efficiency."""
+    if f.get("gb_per_s"):
+        return "%.2f GB/s" % f["gb_per_s"]
+    if "efficiency" in (f.get("extra") or {}):
+        return "efficiency %.2f" % f["extra"]["efficiency"]
+    return ""
+
+
 def _ok_cells(s, base):
     """Wall, CPU, ratios, target and mark of one implementation's verified result."""
     return [
@@ -273,11 +282,7 @@ def render_text(report) -> str:
         rows = []
         for f in report["floors"]:
             if f["status"] == OK:
-                note = ""
-                if f.get("gb_per_s"):
-                    note = "%.2f GB/s" % f["gb_per_s"]
-                elif "efficiency" in (f.get("extra") or {}):
-                    note = "efficiency %.2f" % f["extra"]["efficiency"]
+                note = _floor_note(f)
                 rows.append(
                     [
                         f["name"],
@@ -355,11 +360,7 @@ def render_markdown(report) -> str:
         out += ["| floor | what | wall/op | cpu/op | note |", "| --- | --- | --- | --- | --- |"]
         for f in report["floors"]:
             if f["status"] == OK:
-                note = ""
-                if f.get("gb_per_s"):
-                    note = "%.2f GB/s" % f["gb_per_s"]
-                elif "efficiency" in (f.get("extra") or {}):
-                    note = "efficiency %.2f" % f["extra"]["efficiency"]
+                note = _floor_note(f)
                 out.append(
                     "| %s | %s (per %s) | %s | %s | %s |"
                     % (

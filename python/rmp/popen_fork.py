@@ -26,7 +26,7 @@ def _own_pidfd() -> int:
     pid = os.getpid()
     fd = _self_pidfd.get(pid)
     if fd is None:
-        fd = os.pidfd_open(pid) if hasattr(os, "pidfd_open") else _core.ProcessHandle(pid).fileno()
+        fd = os.pidfd_open(pid)  # Python 3.9+ on Linux
         _self_pidfd.clear()
         _self_pidfd[pid] = fd
     return fd

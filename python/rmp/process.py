@@ -18,6 +18,8 @@ import threading
 from multiprocessing import process as _mpp
 from multiprocessing.process import AuthenticationString  # shared: pickling rules for keys
 
+from . import _core
+
 __all__ = ["BaseProcess", "current_process", "active_children", "parent_process"]
 
 _HAS_INTERRUPT = sys.version_info >= (3, 14)
@@ -270,8 +272,6 @@ class BaseProcess:
             if self.daemon and parent_sentinel is not None:
                 # Daemonic children die with their parent even when it is SIGKILLed and
                 # cannot terminate them itself (the stdlib leaves them orphaned then).
-                from . import _core
-
                 _core.die_with_parent(parent_sentinel)
             if threading._HAVE_THREAD_NATIVE_ID:
                 threading.main_thread()._set_native_id()
@@ -321,8 +321,6 @@ class _ParentProcess(BaseProcess):
         self._config = {}
 
     def is_alive(self):
-        from . import _core
-
         return not _core.wait_readable(self._sentinel, 0)
 
     @property
@@ -333,8 +331,6 @@ class _ParentProcess(BaseProcess):
 
     def join(self, timeout=None):
         """Wait until the parent process ends (detached from the GIL; Ctrl-C interrupts)."""
-        from . import _core
-
         _core.wait_readable(self._sentinel, timeout)
 
 
