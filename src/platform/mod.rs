@@ -282,3 +282,71 @@ pub fn poll_any_readable(
         .map(|(i, _)| i)
         .collect())
 }
+
+/// The calling thread's kernel thread id (`gettid`).
+pub fn gettid() -> i32 {
+    rustix::thread::gettid().as_raw_nonzero().get()
+}
+
+/// The calling process's id.
+pub fn getpid() -> i32 {
+    rustix::process::getpid().as_raw_nonzero().get()
+}
+
+/// Start time of thread `tid` of process `pid`, in clock ticks since boot (field 22 of
+/// `/proc/<pid>/task/<tid>/stat`). `Ok(None)` when that thread no longer exists (or never
+/// belonged to `pid`). With `pid == 0` the thread is looked up as `/proc/<tid>/stat`, which
+/// the kernel serves for any live thread id even though it is not listed.
+pub fn thread_start_time(pid: i32, tid: i32) -> io::Result<Option<u64>> {
+    let path = if pid == 0 {
+        format!("/proc/{tid}/stat")
+    } else {
+        format!("/proc/{pid}/task/{tid}/stat")
+    };
+    let text = match std::fs::read(&path) {
+        Ok(t) => t,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ESRCH)) => {
+            return Ok(None)
+        }
+        Err(e) => return Err(e),
+    };
+    // The command name (field 2) is in parentheses and may contain anything, including
+    // spaces and ')': the fields after it start after the *last* ')'.
+    let after = text
+        .iter()
+        .rposition(|&b| b == b')')
+        .map(|i| &text[i + 1..])
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed stat"))?;
+    // Fields 3.. follow; the start time is field 22, i.e. the 20th after the name.
+    let field = after
+        .split(|&b| b == b' ')
+        .filter(|f| !f.is_empty())
+        .nth(19)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed stat"))?;
+    let s = std::str::from_utf8(field)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "malformed stat"))?;
+    s.parse::<u64>()
+        .map(Some)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "malformed stat"))
+}
+
+static FORK_EPOCH: AtomicU32 = AtomicU32::new(0);
+static ATFORK: std::sync::Once = std::sync::Once::new();
+
+extern "C" fn bump_fork_epoch() {
+    // Relaxed: the child is single-threaded when this runs; readers in the child run after it.
+    FORK_EPOCH.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// A number that changes in a child after every `fork()` (a `pthread_atfork` child handler
+/// bumps it), so per-thread caches of ids can tell that they were inherited.
+pub fn fork_epoch() -> u32 {
+    ATFORK.call_once(|| {
+        // SAFETY: registers a child handler that only bumps an atomic (async-signal-safe);
+        // the handler is a `'static` function.
+        unsafe {
+            libc::pthread_atfork(None, None, Some(bump_fork_epoch));
+        }
+    });
+    FORK_EPOCH.load(std::sync::atomic::Ordering::Relaxed)
+}

@@ -5,6 +5,7 @@
 mod connection;
 mod process;
 mod shm;
+mod sync;
 
 use std::io;
 use std::time::{Duration, Instant};
@@ -84,5 +85,6 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     connection::register(m)?;
     process::register(m)?;
     shm::register(m)?;
+    sync::register(m)?;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Bindings for `crate::shm` and the futex floor the benchmark measures.
 
 use std::os::fd::{AsRawFd, RawFd};
+use std::os::raw::c_int;
 use std::sync::atomic::AtomicU32;
 
 use pyo3::exceptions::PyValueError;
@@ -10,13 +11,20 @@ use crate::errors::Error;
 use crate::shm::Segment as CoreSegment;
 use crate::sync;
 
-/// An anonymous shared-memory segment (memfd, mapped shared). Inherited across fork.
+/// An anonymous shared-memory segment (memfd, mapped shared). Inherited across fork; a
+/// spawned child maps the descriptor again (`Segment.adopt`). Exposes its bytes through the
+/// buffer protocol (writable), so `memoryview`, ctypes `from_buffer` and numpy work on it.
 #[pyclass(module = "rmp._core", name = "Segment", frozen)]
 pub struct Segment {
     inner: CoreSegment,
 }
 
 impl Segment {
+    /// The core segment, for the sync bindings.
+    pub(crate) fn core(&self) -> &CoreSegment {
+        &self.inner
+    }
+
     fn word(&self, offset: usize) -> PyResult<&AtomicU32> {
         let end = offset.checked_add(4);
         if offset % 4 != 0 || end.is_none_or(|e| e > self.inner.len()) {
@@ -39,6 +47,50 @@ impl Segment {
         Ok(Segment {
             inner: CoreSegment::create(size).map_err(Error::from)?,
         })
+    }
+
+    /// Maps the memfd `fd` (at least `size` bytes), taking ownership of the descriptor: it is
+    /// closed with the segment, or at once if mapping fails.
+    #[staticmethod]
+    fn adopt(fd: RawFd, size: usize) -> PyResult<Self> {
+        if fd < 0 {
+            return Err(PyValueError::new_err("invalid file descriptor"));
+        }
+        // SAFETY: the caller hands over `fd` (documented above: Python code passes a
+        // descriptor it detached and no longer uses).
+        let owned = unsafe { crate::platform::owned_fd(fd) };
+        Ok(Segment {
+            inner: CoreSegment::map(owned, size).map_err(Error::from)?,
+        })
+    }
+
+    /// Exports the mapping as a writable, contiguous buffer of unsigned bytes.
+    unsafe fn __getbuffer__(
+        slf: Bound<'_, Self>,
+        view: *mut pyo3::ffi::Py_buffer,
+        flags: c_int,
+    ) -> PyResult<()> {
+        let (ptr, len) = {
+            let seg = &slf.get().inner;
+            (seg.as_ptr().as_ptr(), seg.len())
+        };
+        // SAFETY: `view` is the buffer struct CPython passes to the slot; the mapping at
+        // `ptr`..`ptr+len` lives as long as the segment, which the view keeps alive through
+        // its new reference to `slf` (`PyBuffer_FillInfo` sets `view->obj`).
+        let rc = unsafe {
+            pyo3::ffi::PyBuffer_FillInfo(
+                view,
+                slf.as_ptr(),
+                ptr.cast(),
+                len as pyo3::ffi::Py_ssize_t,
+                0,
+                flags,
+            )
+        };
+        if rc != 0 {
+            return Err(PyErr::fetch(slf.py()));
+        }
+        Ok(())
     }
 
     /// Size in bytes.

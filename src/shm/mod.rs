@@ -37,8 +37,16 @@ impl Segment {
         Segment::map(fd, len)
     }
 
-    /// Maps an existing memfd of at least `len` bytes (one received from a parent).
+    /// Maps an existing memfd of at least `len` bytes (one received from a parent). A file
+    /// shorter than `len` is refused: touching the mapping past its end would raise SIGBUS.
     pub fn map(fd: OwnedFd, len: usize) -> io::Result<Segment> {
+        let size = rustix::fs::fstat(&fd)?.st_size;
+        if len == 0 || u64::try_from(size).unwrap_or(0) < len as u64 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("shared memory file has {size} bytes, {len} needed"),
+            ));
+        }
         let ptr = platform::mmap_shared(fd.as_fd(), len)?;
         Ok(Segment { fd, ptr, len })
     }

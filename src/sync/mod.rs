@@ -1,16 +1,104 @@
-//! Futex-based synchronization over shared memory.
+//! Futex-based synchronization over shared memory. Every state here is `#[repr(C)]`,
+//! versioned, lives in a `MAP_SHARED` mapping and is used through atomics only.
 //!
-//! `semaphore`: the futex semaphore that `SemLock` will build on. Below, the benchmark's
-//! floor: a two-party turn word, the cheapest possible cross-process hand-off (one futex wake
-//! and one futex wait per turn).
+//! - `semaphore`: [`semaphore::SemState`], the semaphore / recursive mutex under every lock.
+//! - `condition`: [`condition::CondState`], a condition variable on a sequence word whose
+//!   notify never waits for a particular sleeper.
+//! - `event`: [`event::EventState`], a flag sleepers futex-wait on.
+//! - `barrier`: [`barrier::BarrierState`], a generation-counting barrier whose release never
+//!   waits for a particular party.
+//!
+//! Below, the caller's identity ([`Me`]), the bounded futex wait they share, and the
+//! benchmark's floor: a two-party turn word, the cheapest possible cross-process hand-off.
 
+pub mod barrier;
+pub mod condition;
+pub mod event;
 pub mod semaphore;
 
+use std::cell::Cell;
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use crate::platform;
+
+/// Who is calling: pid, kernel thread id and the thread's start time (clock ticks since boot,
+/// 0 if `/proc` could not say). Together they name a thread for good: ids are reused, start
+/// times tell the new thread from the old one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Me {
+    /// `getpid()`.
+    pub pid: u32,
+    /// `gettid()`.
+    pub tid: u32,
+    /// The thread's start time.
+    pub start: u64,
+}
+
+thread_local! {
+    /// (fork epoch, identity) of the calling thread, so that the ids and the `/proc` read are
+    /// paid once per thread; a fork changes the epoch and the cache is rebuilt in the child.
+    static ME: Cell<Option<(u32, Me)>> = const { Cell::new(None) };
+}
+
+impl Me {
+    /// The calling thread's identity (cached per thread, refreshed after `fork`).
+    pub fn current() -> Me {
+        let epoch = platform::fork_epoch();
+        ME.with(|c| match c.get() {
+            Some((e, me)) if e == epoch => me,
+            _ => {
+                let pid = platform::getpid() as u32;
+                let tid = platform::gettid() as u32;
+                let start = platform::thread_start_time(pid as i32, tid as i32)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0);
+                let me = Me { pid, tid, start };
+                c.set(Some((epoch, me)));
+                me
+            }
+        })
+    }
+}
+
+/// How a bounded futex wait ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitEnd {
+    /// Woken, or the word no longer held the expected value, or a signal arrived.
+    Changed,
+    /// The whole slice passed.
+    TimedOut,
+}
+
+/// Futex-waits on `word` while it holds `expected`, at most `slice`. `EAGAIN` (the word
+/// changed) and `EINTR` count as [`WaitEnd::Changed`]; callers re-check their state anyway.
+pub(crate) fn futex_wait_slice(
+    word: &AtomicU32,
+    expected: u32,
+    slice: Duration,
+) -> io::Result<WaitEnd> {
+    match platform::futex_wait(word, expected, Some(slice)) {
+        Ok(()) => Ok(WaitEnd::Changed),
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => Ok(WaitEnd::TimedOut),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ) =>
+        {
+            Ok(WaitEnd::Changed)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Checks that `magic`/`version` mark an initialised state (Acquire on `magic`, pairing with
+/// the Release store that ends each state's `init`).
+pub(crate) fn check_header(magic: &AtomicU32, version: &AtomicU32, m: u32, v: u32) -> bool {
+    magic.load(Ordering::Acquire) == m && version.load(Ordering::Relaxed) == v
+}
 
 /// Plays `rounds` turns of a two-party ping-pong on `word` as party `me` (0 or 1): waits until
 /// `word == me`, hands the turn to the other party and wakes it. No spinning: every hand-off
@@ -57,6 +145,17 @@ pub fn futex_pingpong(
 mod tests {
     use super::*;
     use std::sync::Arc;
+
+    #[test]
+    fn me_is_cached_per_thread() {
+        let a = Me::current();
+        assert_eq!(a, Me::current());
+        assert_eq!(a.pid, std::process::id());
+        assert!(a.start > 0);
+        let b = std::thread::spawn(Me::current).join().unwrap();
+        assert_eq!(a.pid, b.pid);
+        assert_ne!(a.tid, b.tid);
+    }
 
     #[test]
     fn lone_party_times_out_without_playing() {

@@ -1,0 +1,235 @@
+"""``rmp.sharedctypes``: ctypes objects in shared memory, as CPython's
+``multiprocessing.sharedctypes``.
+
+Objects live in rmp's arenas (``rmp.heap``: memfd segments, never ``/dev/shm``), so a
+thousand ``Value`` objects share one descriptor and one mapping. The synchronized wrappers
+default to an rmp ``RLock``, which survives its holder being killed: the next acquirer takes it
+over with a ``RuntimeWarning``. ``get_obj()`` returns the raw ctypes object, which exports the
+buffer protocol (``numpy.frombuffer(arr.get_obj())`` is zero-copy).
+"""
+
+import ctypes
+import weakref
+
+from . import context, heap
+from .reduction import ForkingPickler
+
+__all__ = ["RawValue", "RawArray", "Value", "Array", "copy", "synchronized"]
+
+typecode_to_type = {
+    "c": ctypes.c_char,
+    "u": ctypes.c_wchar,
+    "b": ctypes.c_byte,
+    "B": ctypes.c_ubyte,
+    "h": ctypes.c_short,
+    "H": ctypes.c_ushort,
+    "i": ctypes.c_int,
+    "I": ctypes.c_uint,
+    "l": ctypes.c_long,
+    "L": ctypes.c_ulong,
+    "q": ctypes.c_longlong,
+    "Q": ctypes.c_ulonglong,
+    "f": ctypes.c_float,
+    "d": ctypes.c_double,
+}
+
+
+def _new_value(type_):
+    size = ctypes.sizeof(type_)
+    wrapper = heap.BufferWrapper(size)
+    return rebuild_ctype(type_, wrapper, None)
+
+
+def RawValue(typecode_or_type, *args):
+    """A ctypes object of the given type (or typecode) in shared memory, without a lock."""
+    type_ = typecode_to_type.get(typecode_or_type, typecode_or_type)
+    obj = _new_value(type_)
+    ctypes.memset(ctypes.addressof(obj), 0, ctypes.sizeof(obj))
+    obj.__init__(*args)
+    return obj
+
+
+def RawArray(typecode_or_type, size_or_initializer):
+    """A ctypes array in shared memory, without a lock: ``size`` zeros, or a copy of a
+    sequence."""
+    type_ = typecode_to_type.get(typecode_or_type, typecode_or_type)
+    if isinstance(size_or_initializer, int):
+        type_ = type_ * size_or_initializer
+        obj = _new_value(type_)
+        ctypes.memset(ctypes.addressof(obj), 0, ctypes.sizeof(obj))
+        return obj
+    type_ = type_ * len(size_or_initializer)
+    result = _new_value(type_)
+    result.__init__(*size_or_initializer)
+    return result
+
+
+def _lock_for(lock, ctx):
+    if lock in (True, None):
+        ctx = ctx or context._default_context.get_context()
+        lock = ctx.RLock()
+    if not hasattr(lock, "acquire"):
+        raise AttributeError("%r has no method 'acquire'" % lock)
+    return lock, ctx
+
+
+def Value(typecode_or_type, *args, lock=True, ctx=None):
+    """A synchronized shared ctypes object (``lock=False`` gives the raw object)."""
+    obj = RawValue(typecode_or_type, *args)
+    if lock is False:
+        return obj
+    lock, ctx = _lock_for(lock, ctx)
+    return synchronized(obj, lock, ctx=ctx)
+
+
+def Array(typecode_or_type, size_or_initializer, *, lock=True, ctx=None):
+    """A synchronized shared ctypes array (``lock=False`` gives the raw array)."""
+    obj = RawArray(typecode_or_type, size_or_initializer)
+    if lock is False:
+        return obj
+    lock, ctx = _lock_for(lock, ctx)
+    return synchronized(obj, lock, ctx=ctx)
+
+
+def copy(obj):
+    """A new shared object holding a copy of ``obj``'s bytes."""
+    new_obj = _new_value(type(obj))
+    ctypes.pointer(new_obj)[0] = obj
+    return new_obj
+
+
+def synchronized(obj, lock=None, ctx=None):
+    """Wraps a shared ctypes object so that every access takes ``lock``."""
+    assert not isinstance(obj, SynchronizedBase), "object already synchronized"
+    ctx = ctx or context._default_context.get_context()
+    if isinstance(obj, ctypes._SimpleCData):
+        return Synchronized(obj, lock, ctx)
+    if isinstance(obj, ctypes.Array):
+        if obj._type_ is ctypes.c_char:
+            return SynchronizedString(obj, lock, ctx)
+        return SynchronizedArray(obj, lock, ctx)
+    cls = type(obj)
+    try:
+        scls = _class_cache[cls]
+    except KeyError:
+        names = [field[0] for field in cls._fields_]
+        d = {name: make_property(name) for name in names}
+        scls = _class_cache[cls] = type("Synchronized" + cls.__name__, (SynchronizedBase,), d)
+    return scls(obj, lock, ctx)
+
+
+#
+# Pickling: shared objects travel to children as their block of shared memory.
+#
+
+
+def reduce_ctype(obj):
+    context.assert_spawning(obj)
+    if isinstance(obj, ctypes.Array):
+        return rebuild_ctype, (obj._type_, obj._wrapper, obj._length_)
+    return rebuild_ctype, (type(obj), obj._wrapper, None)
+
+
+def rebuild_ctype(type_, wrapper, length):
+    if length is not None:
+        type_ = type_ * length
+    ForkingPickler.register(type_, reduce_ctype)
+    buf = wrapper.create_memoryview()
+    obj = type_.from_buffer(buf)
+    obj._wrapper = wrapper
+    return obj
+
+
+#
+# Synchronized wrappers
+#
+
+_prop_cache = {}
+_class_cache = weakref.WeakKeyDictionary()
+
+
+def make_property(name):
+    """A property reading and writing attribute ``name`` of the wrapped object under the
+    lock."""
+    try:
+        return _prop_cache[name]
+    except KeyError:
+        pass
+
+    def get(self):
+        self.acquire()
+        try:
+            return getattr(self._obj, name)
+        finally:
+            self.release()
+
+    def set(self, value):
+        self.acquire()
+        try:
+            setattr(self._obj, name, value)
+        finally:
+            self.release()
+
+    _prop_cache[name] = prop = property(get, set)
+    return prop
+
+
+class SynchronizedBase:
+    def __init__(self, obj, lock=None, ctx=None):
+        self._obj = obj
+        if lock:
+            self._lock = lock
+        else:
+            ctx = ctx or context._default_context.get_context()
+            self._lock = ctx.RLock()
+        self.acquire = self._lock.acquire
+        self.release = self._lock.release
+
+    def __enter__(self):
+        return self._lock.__enter__()
+
+    def __exit__(self, *args):
+        return self._lock.__exit__(*args)
+
+    def __reduce__(self):
+        context.assert_spawning(self)
+        return synchronized, (self._obj, self._lock)
+
+    def get_obj(self):
+        return self._obj
+
+    def get_lock(self):
+        return self._lock
+
+    def __repr__(self):
+        return "<%s wrapper for %s>" % (type(self).__name__, self._obj)
+
+
+class Synchronized(SynchronizedBase):
+    value = make_property("value")
+
+
+class SynchronizedArray(SynchronizedBase):
+    def __len__(self):
+        return len(self._obj)
+
+    def __getitem__(self, i):
+        with self:
+            return self._obj[i]
+
+    def __setitem__(self, i, value):
+        with self:
+            self._obj[i] = value
+
+    def __getslice__(self, start, stop):
+        with self:
+            return self._obj[start:stop]
+
+    def __setslice__(self, start, stop, values):
+        with self:
+            self._obj[start:stop] = values
+
+
+class SynchronizedString(SynchronizedArray):
+    value = make_property("value")
+    raw = make_property("raw")
