@@ -23,8 +23,6 @@ import rmp._core
 # Names not implemented yet, as "name" (top level) or "submodule" / "submodule.name".
 # Each entry must really be missing (a test checks), so the list shrinks as work lands.
 EXPECTED_MISSING = {
-    # Shared memory by name (issue: sync / shared memory).
-    "shared_memory",
     # Queues (issue: queues).
     "Queue",
     "SimpleQueue",

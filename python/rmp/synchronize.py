@@ -45,80 +45,72 @@ def _check_ctx(ctx):
 
 
 def _after_fork(obj):
-    obj._semlock._after_fork()
+    obj._after_fork()
 
 
-class SemLock:
-    """Base of the lock and semaphore classes: wraps ``rmp._core.SemLock``."""
+class SemLock(_core.SemLock):
+    """Base of the lock and semaphore classes. It *is* an ``rmp._core.SemLock`` (a subclass),
+    so ``acquire``, ``release`` and ``with lock:`` go straight to Rust; ``_semlock`` is the
+    object itself, where CPython keeps a wrapped one."""
 
-    def __init__(self, kind, value, maxvalue, *, ctx):
+    def __new__(cls, kind, value, maxvalue, *, ctx):
         _check_ctx(ctx)
-        self._wrapper = heap.BufferWrapper(_SEM_SIZE)
-        self._semlock = _core.SemLock(
-            self._wrapper.segment, self._wrapper.offset, kind, value, maxvalue, True
+        wrapper = heap.BufferWrapper(_SEM_SIZE)
+        self = _core.SemLock.__new__(
+            cls, wrapper.segment, wrapper.offset, kind, value, maxvalue, True
         )
-        util.debug("created semlock at offset %d" % self._wrapper.offset)
-        self._make_methods()
+        self._wrapper = wrapper
+        util.debug("created semlock at offset %d" % wrapper.offset)
         util.register_after_fork(self, _after_fork)
+        return self
 
-    def _make_methods(self):
-        self.acquire = self._semlock.acquire
-        self.release = self._semlock.release
-
-    def __enter__(self):
-        return self._semlock.__enter__()
-
-    def __exit__(self, *args):
-        return self._semlock.__exit__(*args)
+    def __reduce__(self):
+        context.assert_spawning(self)
+        return _rebuild_semlock, (type(self), self._wrapper, self.kind, self.maxvalue, self.name)
 
     def locked(self):
         """Whether it is held now: no unit left (CPython 3.14+)."""
-        return self._semlock._is_zero()
+        return self._is_zero()
 
-    def __getstate__(self):
-        context.assert_spawning(self)
-        sl = self._semlock
-        return (self._wrapper, sl.kind, sl.maxvalue, sl.name)
 
-    def __setstate__(self, state):
-        wrapper, kind, maxvalue, name = state
-        self._wrapper = wrapper
-        self._semlock = _core.SemLock(
-            wrapper.segment, wrapper.offset, kind, 0, maxvalue, False, name
-        )
-        util.debug("recreated semlock at offset %d" % wrapper.offset)
-        self._make_methods()
-        util.register_after_fork(self, _after_fork)
+def _rebuild_semlock(cls, wrapper, kind, maxvalue, name):
+    self = _core.SemLock.__new__(
+        cls, wrapper.segment, wrapper.offset, kind, 0, maxvalue, False, name
+    )
+    self._wrapper = wrapper
+    util.debug("recreated semlock at offset %d" % wrapper.offset)
+    util.register_after_fork(self, _after_fork)
+    return self
 
 
 class Semaphore(SemLock):
-    def __init__(self, value=1, *, ctx):
-        SemLock.__init__(self, SEMAPHORE, value, SEM_VALUE_MAX, ctx=ctx)
+    def __new__(cls, value=1, *, ctx):
+        return SemLock.__new__(cls, SEMAPHORE, value, SEM_VALUE_MAX, ctx=ctx)
 
     def get_value(self):
-        return self._semlock._get_value()
+        return self._get_value()
 
     def __repr__(self):
         try:
-            value = self._semlock._get_value()
+            value = self._get_value()
         except Exception:
             value = "unknown"
         return "<%s(value=%s)>" % (self.__class__.__name__, value)
 
 
 class BoundedSemaphore(Semaphore):
-    def __init__(self, value=1, *, ctx):
-        SemLock.__init__(self, SEMAPHORE, value, value, ctx=ctx)
+    def __new__(cls, value=1, *, ctx):
+        return SemLock.__new__(cls, SEMAPHORE, value, value, ctx=ctx)
 
     def __repr__(self):
         try:
-            value = self._semlock._get_value()
+            value = self._get_value()
         except Exception:
             value = "unknown"
         return "<%s(value=%s, maxvalue=%s)>" % (
             self.__class__.__name__,
             value,
-            self._semlock.maxvalue,
+            self.maxvalue,
         )
 
 
@@ -132,16 +124,16 @@ def _owner_name():
 class Lock(SemLock):
     """A non-recursive lock; any process or thread may release it."""
 
-    def __init__(self, *, ctx):
-        SemLock.__init__(self, SEMAPHORE, 1, 1, ctx=ctx)
+    def __new__(cls, *, ctx):
+        return SemLock.__new__(cls, SEMAPHORE, 1, 1, ctx=ctx)
 
     def __repr__(self):
         try:
-            if self._semlock._is_mine():
+            if self._is_mine():
                 name = _owner_name()
-            elif self._semlock._get_value() == 1:
+            elif self._get_value() == 1:
                 name = "None"
-            elif self._semlock._count() > 0:
+            elif self._count() > 0:
                 name = "SomeOtherThread"
             else:
                 name = "SomeOtherProcess"
@@ -154,17 +146,17 @@ class RLock(SemLock):
     """A recursive lock owned by a thread. If its holder dies, the next acquirer takes it
     over and a ``RuntimeWarning`` names the dead process."""
 
-    def __init__(self, *, ctx):
-        SemLock.__init__(self, RECURSIVE_MUTEX, 1, 1, ctx=ctx)
+    def __new__(cls, *, ctx):
+        return SemLock.__new__(cls, RECURSIVE_MUTEX, 1, 1, ctx=ctx)
 
     def __repr__(self):
         try:
-            if self._semlock._is_mine():
+            if self._is_mine():
                 name = _owner_name()
-                count = self._semlock._count()
-            elif self._semlock._get_value() == 1:
+                count = self._count()
+            elif self._get_value() == 1:
                 name, count = "None", 0
-            elif self._semlock._count() > 0:
+            elif self._count() > 0:
                 name, count = "SomeOtherThread", "nonzero"
             else:
                 name, count = "SomeOtherProcess", "nonzero"

@@ -59,6 +59,13 @@ impl<T> Slot<T> {
     }
 }
 
+/// A cheap process-local identity of the calling thread (`pthread_self`, as CPython's
+/// `PyThread_get_thread_ident`), truncated: compared only with values this process stored.
+fn thread_ident() -> u32 {
+    // SAFETY: pthread_self has no preconditions.
+    unsafe { libc::pthread_self() as u32 }
+}
+
 fn kind_from_cpython(kind: i32) -> PyResult<Kind> {
     match kind {
         RECURSIVE_MUTEX => Ok(Kind::RecursiveMutex),
@@ -67,10 +74,15 @@ fn kind_from_cpython(kind: i32) -> PyResult<Kind> {
     }
 }
 
+/// Spin rounds (one CPU pause each, a few microseconds in all) an acquire tries before it
+/// sleeps: a lock held for a short critical section changes hands without a futex sleep and
+/// wake-up, which cost far more (both in time and in CPU) than the spin.
+const SPINS: u32 = 100;
+
 /// A futex semaphore or recursive mutex in shared memory: the engine of `rmp.synchronize`'s
-/// `Lock`, `RLock`, `Semaphore` and `BoundedSemaphore`, with the API of CPython's
-/// `_multiprocessing.SemLock`.
-#[pyclass(module = "rmp._core", name = "SemLock", frozen)]
+/// `Lock`, `RLock`, `Semaphore` and `BoundedSemaphore` (which subclass it, so that `with lock:`
+/// calls straight into Rust), with the API of CPython's `_multiprocessing.SemLock`.
+#[pyclass(module = "rmp._core", name = "SemLock", frozen, subclass)]
 pub struct SemLock {
     slot: Slot<SemState>,
     /// CPython kind number.
@@ -83,7 +95,7 @@ pub struct SemLock {
     /// Process-local: acquisitions by this process not yet released (recursion depth for a
     /// mutex), as CPython's `count`.
     count: AtomicU32,
-    /// Process-local: thread id of the last acquirer in this process (semaphore kind).
+    /// Process-local: `thread_ident()` of the last acquirer in this process (semaphore kind).
     last_tid: AtomicU32,
 }
 
@@ -92,9 +104,12 @@ impl SemLock {
         self.slot.get()
     }
 
-    fn took(&self, me: &Me) {
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.last_tid.store(me.tid, Ordering::Relaxed);
+    fn took(&self) {
+        // Load + store, not an atomic add: callers hold the interpreter, which serialises
+        // them (CPython's own count is a plain int for the same reason).
+        self.count
+            .store(self.count.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        self.last_tid.store(thread_ident(), Ordering::Relaxed);
     }
 }
 
@@ -146,18 +161,23 @@ impl SemLock {
     /// `RuntimeWarning` naming the dead pid.
     #[pyo3(signature = (block=true, timeout=None))]
     fn acquire(&self, py: Python<'_>, block: bool, timeout: Option<f64>) -> PyResult<bool> {
-        let me = Me::current();
         let st = self.state();
-        if self.kind == RECURSIVE_MUTEX && st.held_by(&me) {
-            self.count.fetch_add(1, Ordering::Relaxed);
+        if self.kind == SEMAPHORE && st.try_take_unit() {
+            // The uncontended fast path: one CAS, no thread identity needed.
+            self.took();
             return Ok(true);
         }
-        if st.try_acquire(&me) {
-            self.took(&me);
+        let me = Me::current();
+        if self.kind == RECURSIVE_MUTEX && (st.held_by(&me) || st.try_lock(&me)) {
+            self.took();
             return Ok(true);
         }
         if !block {
             return Ok(false);
+        }
+        if timeout.is_none_or(|t| t > 0.0) && st.spin_acquire(&me, SPINS) {
+            self.took();
+            return Ok(true);
         }
         let deadline = deadline(timeout)?;
         let got = wait_detached(py, deadline, |slice| {
@@ -169,7 +189,7 @@ impl SemLock {
         match got {
             None => Ok(false),
             Some(a) => {
-                self.took(&me);
+                self.took();
                 if let Acquired::Recovered { pid, tid } = a {
                     let who = if pid != 0 {
                         format!("process {pid} (thread {tid})")
@@ -191,19 +211,28 @@ impl SemLock {
 
     /// Releases one unit; a mutex must be held by the calling thread.
     fn release(&self) -> PyResult<()> {
-        let me = Me::current();
         let st = self.state();
-        if self.kind == RECURSIVE_MUTEX {
+        let me = if self.kind == RECURSIVE_MUTEX {
+            let me = Me::current();
             if !st.held_by(&me) {
                 return Err(PyAssertionError::new_err(
                     "attempt to release recursive lock not owned by thread",
                 ));
             }
-            if self.count.load(Ordering::Relaxed) > 1 {
-                self.count.fetch_sub(1, Ordering::Relaxed);
+            let c = self.count.load(Ordering::Relaxed);
+            if c > 1 {
+                self.count.store(c - 1, Ordering::Relaxed);
                 return Ok(());
             }
-        }
+            me
+        } else {
+            // A semaphore unit has no owner: the releaser's identity is not needed.
+            Me {
+                pid: 0,
+                tid: 0,
+                start: 0,
+            }
+        };
         match st.release(&me) {
             Ok(()) => {
                 let c = self.count.load(Ordering::Relaxed);
@@ -236,12 +265,11 @@ impl SemLock {
     /// Whether the calling thread holds it (mutex), or acquired it last in this process and
     /// has not released every unit (semaphore), as CPython's `_is_mine`.
     fn _is_mine(&self) -> bool {
-        let me = Me::current();
         if self.kind == RECURSIVE_MUTEX {
-            self.state().held_by(&me) && self.count.load(Ordering::Relaxed) > 0
+            self.state().held_by(&Me::current()) && self.count.load(Ordering::Relaxed) > 0
         } else {
             self.count.load(Ordering::Relaxed) > 0
-                && self.last_tid.load(Ordering::Relaxed) == me.tid
+                && self.last_tid.load(Ordering::Relaxed) == thread_ident()
         }
     }
 
@@ -254,7 +282,7 @@ impl SemLock {
         self.state().value() == 0
     }
 
-    /// Pid of the holder (mutex) or last acquirer (semaphore), 0 if none.
+    /// Pid of the holder (mutex), 0 if free or a semaphore.
     fn _owner_pid(&self) -> u32 {
         self.state().last_owner()
     }
@@ -262,6 +290,13 @@ impl SemLock {
     /// Forgets this process's acquisitions (a forked child holds nothing).
     fn _after_fork(&self) {
         self.count.store(0, Ordering::Relaxed);
+    }
+
+    /// Itself: CPython's wrappers keep the semaphore in `_semlock`, and code written against
+    /// them (the stdlib's `Condition`, tests) reaches it there.
+    #[getter(_semlock)]
+    fn semlock_itself(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
     }
 
     /// The segment the state lives in.

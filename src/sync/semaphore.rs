@@ -76,11 +76,11 @@ pub struct SemState {
     /// Threads (in any process) registered as about to sleep or sleeping on `value`; release
     /// issues a futex wake only when it is non-zero.
     sleepers: AtomicU32,
-    /// Pid of the holder (mutex) or of the last acquirer (semaphore); 0 if none.
+    /// Pid of the holder (mutex); 0 if free. Unused (0) for a semaphore.
     owner_pid: AtomicU32,
     /// Mutex: the holder's thread id, written *after* `owner_pid` and `owner_start` (Release)
     /// and cleared before the mutex is released, so that a reader that finds it equal to
-    /// `value` (Acquire) may trust the other two owner fields. Semaphore: last acquirer's tid.
+    /// `value` (Acquire) may trust the other two owner fields. Semaphore: unused (0).
     owner_tid: AtomicU32,
     /// Start time (clock ticks since boot) of the holder's thread; 0 if unknown.
     owner_start: AtomicU64,
@@ -179,7 +179,7 @@ impl SemState {
         self.value.load(Ordering::Relaxed)
     }
 
-    /// Pid of the holder or last acquirer (0 if none).
+    /// Pid of the mutex's holder (0 if free, and always for a semaphore).
     pub fn last_owner(&self) -> u32 {
         self.owner_pid.load(Ordering::Relaxed)
     }
@@ -195,41 +195,63 @@ impl SemState {
     /// Takes a unit (or the mutex) if available, without waiting.
     pub fn try_acquire(&self, me: &Me) -> bool {
         match self.kind() {
-            Kind::Semaphore => {
-                let mut cur = self.value.load(Ordering::Relaxed);
-                while cur > 0 {
-                    // Acquire on success: pairs with the SeqCst increment in `release`, so
-                    // what the releaser wrote before releasing is visible to the new holder.
-                    match self.value.compare_exchange_weak(
-                        cur,
-                        cur - 1,
-                        Ordering::Acquire,
-                        Ordering::Relaxed,
-                    ) {
-                        Ok(_) => {
-                            self.owner_pid.store(me.pid, Ordering::Relaxed);
-                            self.owner_tid.store(me.tid, Ordering::Relaxed);
-                            return true;
-                        }
-                        Err(actual) => cur = actual,
-                    }
-                }
-                false
-            }
-            Kind::RecursiveMutex => {
-                // Acquire: pairs with the SeqCst store of 0 in `release`.
-                if self
-                    .value
-                    .compare_exchange(0, me.tid, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-                {
-                    self.publish_owner(me);
-                    true
-                } else {
-                    false
-                }
+            Kind::Semaphore => self.try_take_unit(),
+            Kind::RecursiveMutex => self.try_lock(me),
+        }
+    }
+
+    /// Semaphore kind: takes a unit if one is available. A unit has no owner, so nothing
+    /// else is written: the uncontended path touches one word.
+    pub fn try_take_unit(&self) -> bool {
+        let mut cur = self.value.load(Ordering::Relaxed);
+        while cur > 0 {
+            // Acquire on success: pairs with the SeqCst increment in `release`, so what the
+            // releaser wrote before releasing is visible to the new holder.
+            match self.value.compare_exchange_weak(
+                cur,
+                cur - 1,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => cur = actual,
             }
         }
+        false
+    }
+
+    /// Recursive-mutex kind: takes the mutex if it is free, recording `me` as the holder.
+    pub fn try_lock(&self, me: &Me) -> bool {
+        // Acquire: pairs with the SeqCst store of 0 in `release`.
+        if self
+            .value
+            .compare_exchange(0, me.tid, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.publish_owner(me);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Spins up to `spins` rounds (a CPU pause each) for a unit to appear, taking it if one
+    /// does: a holder that releases within a few microseconds hands over without a futex
+    /// sleep and wake-up on either side. Returns whether it got one.
+    pub fn spin_acquire(&self, me: &Me, spins: u32) -> bool {
+        let kind = self.kind();
+        for _ in 0..spins {
+            std::hint::spin_loop();
+            let v = self.value.load(Ordering::Relaxed);
+            let free = match kind {
+                Kind::Semaphore => v > 0,
+                Kind::RecursiveMutex => v == 0,
+            };
+            if free && self.try_acquire(me) {
+                return true;
+            }
+        }
+        false
     }
 
     /// Whether the calling thread holds the mutex (always false for a semaphore).
@@ -382,7 +404,6 @@ mod tests {
         assert!(s.try_acquire(&me));
         assert!(s.try_acquire(&me));
         assert!(!s.try_acquire(&me));
-        assert_eq!(s.last_owner(), me.pid);
         s.release(&me).unwrap();
         s.release(&me).unwrap();
         assert_eq!(s.release(&me), Err(ReleaseError::TooManyReleases));
