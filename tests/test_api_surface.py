@@ -94,8 +94,8 @@ def _missing(qualname: str) -> bool:
 
 
 def _check_signature(std_obj, rmp_obj, where: str) -> None:
-    if inspect.isclass(std_obj):
-        std_obj, rmp_obj = std_obj.__init__, rmp_obj.__init__
+    # Classes compare by their call signature (``__init__`` or ``__new__``, whichever defines
+    # it: rmp's lock classes construct in ``__new__`` because they subclass a Rust type).
     try:
         std_sig = inspect.signature(std_obj)
     except (TypeError, ValueError):
