@@ -11,7 +11,7 @@ buffer protocol (``numpy.frombuffer(arr.get_obj())`` is zero-copy).
 import ctypes
 import weakref
 
-from . import context, heap
+from . import _core, context, heap
 from .reduction import ForkingPickler
 
 __all__ = ["RawValue", "RawArray", "Value", "Array", "copy", "synchronized"]
@@ -100,7 +100,7 @@ def copy(obj):
 
 def synchronized(obj, lock=None, ctx=None):
     """Wraps a shared ctypes object so that every access takes ``lock``."""
-    assert not isinstance(obj, SynchronizedBase), "object already synchronized"
+    assert not isinstance(obj, (SynchronizedBase, Synchronized)), "object already synchronized"
     ctx = ctx or context._default_context.get_context()
     if isinstance(obj, ctypes._SimpleCData):
         return Synchronized(obj, lock, ctx)
@@ -174,14 +174,17 @@ def make_property(name):
     return prop
 
 
+def _default_lock(lock, ctx):
+    if lock:
+        return lock
+    ctx = ctx or context._default_context.get_context()
+    return ctx.RLock()
+
+
 class SynchronizedBase:
     def __init__(self, obj, lock=None, ctx=None):
         self._obj = obj
-        if lock:
-            self._lock = lock
-        else:
-            ctx = ctx or context._default_context.get_context()
-            self._lock = ctx.RLock()
+        self._lock = _default_lock(lock, ctx)
         self.acquire = self._lock.acquire
         self.release = self._lock.release
 
@@ -205,8 +208,45 @@ class SynchronizedBase:
         return "<%s wrapper for %s>" % (type(self).__name__, self._obj)
 
 
-class Synchronized(SynchronizedBase):
-    value = make_property("value")
+def _in_place_codes():
+    codes = {ctypes.c_float: "f", ctypes.c_double: "d"}
+    signed = (ctypes.c_byte, ctypes.c_short, ctypes.c_int, ctypes.c_long, ctypes.c_longlong)
+    unsigned = (ctypes.c_ubyte, ctypes.c_ushort, ctypes.c_uint, ctypes.c_ulong)
+    unsigned += (ctypes.c_ulonglong,)
+    by_size = {1: "b", 2: "h", 4: "i", 8: "q"}
+    for t in signed:
+        codes[t] = by_size[ctypes.sizeof(t)]
+    for t in unsigned:
+        codes[t] = by_size[ctypes.sizeof(t)].upper()
+    return codes
+
+
+# ctypes number types whose value ``rmp._core.SharedValue`` reads and writes in place.
+_IN_PLACE = _in_place_codes()
+
+
+class Synchronized(_core.SharedValue):
+    """A synchronized shared scalar. ``value``, ``get_lock()``, ``get_obj()`` and the
+    context manager are implemented in Rust: ``v.value += 1`` under an rmp lock makes no
+    Python-level call at all. Numbers of fixed-size C types are accessed in place; other
+    types through their ctypes object, under the same lock."""
+
+    def __new__(cls, obj, lock=None, ctx=None):
+        lock = _default_lock(lock, ctx)
+        code = _IN_PLACE.get(type(obj), "")
+        self = _core.SharedValue.__new__(
+            cls, obj, lock, ctypes.addressof(obj), ctypes.sizeof(obj), code
+        )
+        self.acquire = lock.acquire
+        self.release = lock.release
+        return self
+
+    def __reduce__(self):
+        context.assert_spawning(self)
+        return synchronized, (self._obj, self._lock)
+
+    def __repr__(self):
+        return "<%s wrapper for %s>" % (type(self).__name__, self._obj)
 
 
 class SynchronizedArray(SynchronizedBase):

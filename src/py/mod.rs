@@ -4,6 +4,7 @@
 
 mod connection;
 mod process;
+mod sharedctypes;
 mod shm;
 mod sync;
 
@@ -84,6 +85,7 @@ pub(crate) fn wait_fd_readable(
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     connection::register(m)?;
     process::register(m)?;
+    sharedctypes::register(m)?;
     shm::register(m)?;
     sync::register(m)?;
     Ok(())

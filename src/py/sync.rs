@@ -15,6 +15,7 @@ use crate::sync::condition::CondState;
 use crate::sync::event::EventState;
 use crate::sync::semaphore::{Acquired, Kind, ReleaseError, SemState};
 use crate::sync::Me;
+pub(crate) use SemLock as CoreSemLock;
 
 /// CPython's `_multiprocessing` kind numbers.
 const RECURSIVE_MUTEX: i32 = 0;
@@ -160,7 +161,12 @@ impl SemLock {
     /// at most `timeout` seconds. A recursive mutex whose holder died is recovered with a
     /// `RuntimeWarning` naming the dead pid.
     #[pyo3(signature = (block=true, timeout=None))]
-    fn acquire(&self, py: Python<'_>, block: bool, timeout: Option<f64>) -> PyResult<bool> {
+    pub(crate) fn acquire(
+        &self,
+        py: Python<'_>,
+        block: bool,
+        timeout: Option<f64>,
+    ) -> PyResult<bool> {
         let st = self.state();
         if self.kind == SEMAPHORE && st.try_take_unit() {
             // The uncontended fast path: one CAS, no thread identity needed.
@@ -210,7 +216,7 @@ impl SemLock {
     }
 
     /// Releases one unit; a mutex must be held by the calling thread.
-    fn release(&self) -> PyResult<()> {
+    pub(crate) fn release(&self) -> PyResult<()> {
         let st = self.state();
         let me = if self.kind == RECURSIVE_MUTEX {
             let me = Me::current();
