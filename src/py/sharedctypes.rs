@@ -52,7 +52,7 @@ impl SharedValue {
     /// Reads the number in place. Must hold the lock.
     fn read(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let p = self.addr;
-        // SAFETY (all arms): `addr` is the address of a live ctypes object of this typecode's
+        // SAFETY: (all arms) `addr` is the address of a live ctypes object of this typecode's
         // size (checked in `new`), aligned for it (arena blocks are 16-aligned and ctypes
         // objects are naturally aligned), kept alive by `self.obj`; other processes touch the
         // same bytes only through whole, aligned accesses, so atomic loads are sound.
@@ -117,7 +117,7 @@ impl SharedValue {
         } else {
             None
         };
-        // SAFETY (all arms): as in `read`; stores of the exact width of the C type.
+        // SAFETY: (all arms) as in `read`; stores of the exact width of the C type.
         unsafe {
             match (self.code, int_bits) {
                 (b'b' | b'B', Some(v)) => {
