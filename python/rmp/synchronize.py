@@ -53,6 +53,11 @@ class SemLock(_core.SemLock):
     so ``acquire``, ``release`` and ``with lock:`` go straight to Rust; ``_semlock`` is the
     object itself, where CPython keeps a wrapped one."""
 
+    # Raw method descriptors of _core.SemLock: the uncontended call is one CAS with no
+    # argument parsing; anything else goes to the full methods (_acquire/_release).
+    acquire = _core.semlock_acquire
+    release = _core.semlock_release
+
     def __new__(cls, kind, value, maxvalue, *, ctx):
         _check_ctx(ctx)
         wrapper = heap.BufferWrapper(_SEM_SIZE)

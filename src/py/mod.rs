@@ -3,6 +3,7 @@
 //! slices and maps errors. It holds no algorithm.
 
 mod connection;
+mod fastcall;
 mod process;
 mod sharedctypes;
 mod shm;
@@ -88,5 +89,6 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     sharedctypes::register(m)?;
     shm::register(m)?;
     sync::register(m)?;
+    fastcall::register(m)?;
     Ok(())
 }

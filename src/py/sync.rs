@@ -112,6 +112,50 @@ impl SemLock {
             .store(self.count.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         self.last_tid.store(thread_ident(), Ordering::Relaxed);
     }
+
+    /// The uncontended `acquire()`: a semaphore-kind lock with a unit free (one CAS), or a
+    /// mutex that is free or already the caller's. False: take the full path (`acquire`),
+    /// which decides.
+    pub(crate) fn try_acquire_fast(&self) -> bool {
+        let st = self.state();
+        let got = if self.kind == SEMAPHORE {
+            st.try_take_unit()
+        } else {
+            let me = Me::current();
+            st.held_by(&me) || st.try_lock(&me)
+        };
+        if got {
+            self.took();
+        }
+        got
+    }
+
+    /// A `release()` that succeeds: a semaphore below its bound, or a mutex the caller
+    /// holds. False: take the full path (`release`), which decides (and raises).
+    pub(crate) fn try_release_fast(&self) -> bool {
+        let st = self.state();
+        let c = self.count.load(Ordering::Relaxed);
+        if self.kind == SEMAPHORE {
+            let anyone = Me {
+                pid: 0,
+                tid: 0,
+                start: 0,
+            };
+            if st.release(&anyone).is_err() {
+                return false;
+            }
+        } else {
+            let me = Me::current();
+            if !st.held_by(&me) {
+                return false;
+            }
+            if c <= 1 && st.release(&me).is_err() {
+                return false;
+            }
+        }
+        self.count.store(c.saturating_sub(1), Ordering::Relaxed);
+        true
+    }
 }
 
 #[pymethods]
@@ -159,8 +203,9 @@ impl SemLock {
 
     /// Acquires, blocking (detached, in slices, answering Ctrl-C) unless `block` is false,
     /// at most `timeout` seconds. A recursive mutex whose holder died is recovered with a
-    /// `RuntimeWarning` naming the dead pid.
-    #[pyo3(signature = (block=true, timeout=None))]
+    /// `RuntimeWarning` naming the dead pid. (`rmp.synchronize` calls it through the raw
+    /// `semlock_acquire` descriptor, `src/py/fastcall.rs`, which handles the fast path.)
+    #[pyo3(name = "_acquire", signature = (block=true, timeout=None))]
     pub(crate) fn acquire(
         &self,
         py: Python<'_>,
@@ -216,6 +261,7 @@ impl SemLock {
     }
 
     /// Releases one unit; a mutex must be held by the calling thread.
+    #[pyo3(name = "_release")]
     pub(crate) fn release(&self) -> PyResult<()> {
         let st = self.state();
         let me = if self.kind == RECURSIVE_MUTEX {
@@ -258,8 +304,13 @@ impl SemLock {
         self.acquire(py, true, None)
     }
 
-    #[pyo3(signature = (*_args))]
-    fn __exit__(&self, _args: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<()> {
+    #[pyo3(signature = (_exc_type=None, _exc=None, _tb=None))]
+    fn __exit__(
+        &self,
+        _exc_type: Option<&Bound<'_, PyAny>>,
+        _exc: Option<&Bound<'_, PyAny>>,
+        _tb: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
         self.release()
     }
 
