@@ -37,14 +37,28 @@ pub struct SharedValue {
 impl SharedValue {
     fn lock(&self, py: Python<'_>) -> PyResult<()> {
         match &self.fast_lock {
-            Some(l) => l.get().acquire(py, true, None).map(|_| ()),
+            Some(l) => {
+                let l = l.get();
+                if l.try_acquire_fast() {
+                    Ok(())
+                } else {
+                    l.acquire(py, true, None).map(|_| ())
+                }
+            }
             None => self.lock.call_method0(py, "acquire").map(|_| ()),
         }
     }
 
     fn unlock(&self, py: Python<'_>) -> PyResult<()> {
         match &self.fast_lock {
-            Some(l) => l.get().release(),
+            Some(l) => {
+                let l = l.get();
+                if l.try_release_fast() {
+                    Ok(())
+                } else {
+                    l.release()
+                }
+            }
             None => self.lock.call_method0(py, "release").map(|_| ()),
         }
     }
