@@ -100,7 +100,7 @@ def copy(obj):
 
 def synchronized(obj, lock=None, ctx=None):
     """Wraps a shared ctypes object so that every access takes ``lock``."""
-    assert not isinstance(obj, (SynchronizedBase, Synchronized)), "object already synchronized"
+    assert not isinstance(obj, SynchronizedBase), "object already synchronized"
     ctx = ctx or context._default_context.get_context()
     if isinstance(obj, ctypes._SimpleCData):
         return Synchronized(obj, lock, ctx)
@@ -225,7 +225,7 @@ def _in_place_codes():
 _IN_PLACE = _in_place_codes()
 
 
-class Synchronized(_core.SharedValue):
+class Synchronized(_core.SharedValue, SynchronizedBase):
     """A synchronized shared scalar. ``value``, ``get_lock()``, ``get_obj()`` and the
     context manager are implemented in Rust: ``v.value += 1`` under an rmp lock makes no
     Python-level call at all. Numbers of fixed-size C types are accessed in place; other
@@ -240,6 +240,9 @@ class Synchronized(_core.SharedValue):
         self.acquire = lock.acquire
         self.release = lock.release
         return self
+
+    def __init__(self, obj, lock=None, ctx=None):
+        pass  # everything is set in __new__ (SynchronizedBase.__init__ must not run)
 
     def __reduce__(self):
         context.assert_spawning(self)

@@ -308,7 +308,9 @@ class Barrier(threading.Barrier):
     def __init__(self, parties, action=None, timeout=None, *, ctx):
         _check_ctx(ctx)
         if parties < 1:
-            raise ValueError("parties must be >= 1")
+            # CPython 3.13's threading.Barrier says the same; older ones accepted a barrier
+            # that could never be passed.
+            raise ValueError("parties must be > 0")
         self._wrapper = heap.BufferWrapper(_BARRIER_SIZE)
         self._core = _core.BarrierCore(self._wrapper.segment, self._wrapper.offset, parties, True)
         self._action = action

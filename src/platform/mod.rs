@@ -294,8 +294,8 @@ pub fn getpid() -> i32 {
 }
 
 /// Start time of thread `tid` of process `pid`, in clock ticks since boot (field 22 of
-/// `/proc/<pid>/task/<tid>/stat`). `Ok(None)` when that thread no longer exists (or never
-/// belonged to `pid`). With `pid == 0` the thread is looked up as `/proc/<tid>/stat`, which
+/// `/proc/<pid>/task/<tid>/stat`). `Ok(None)` when that thread no longer runs: gone, never
+/// belonged to `pid`, or exited but not yet reaped (a zombie). With `pid == 0` the thread is looked up as `/proc/<tid>/stat`, which
 /// the kernel serves for any live thread id even though it is not listed.
 pub fn thread_start_time(pid: i32, tid: i32) -> io::Result<Option<u64>> {
     let path = if pid == 0 {
@@ -317,11 +317,18 @@ pub fn thread_start_time(pid: i32, tid: i32) -> io::Result<Option<u64>> {
         .rposition(|&b| b == b')')
         .map(|i| &text[i + 1..])
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed stat"))?;
-    // Fields 3.. follow; the start time is field 22, i.e. the 20th after the name.
-    let field = after
-        .split(|&b| b == b' ')
-        .filter(|f| !f.is_empty())
-        .nth(19)
+    // Fields 3.. follow: the state is field 3, the start time field 22 (the 20th after the
+    // name). A zombie (`Z`) or dead (`X`) task has exited: it is not running any more, even
+    // though its `/proc` entry stays until it is reaped.
+    let mut fields = after.split(|&b| b == b' ').filter(|f| !f.is_empty());
+    let state = fields
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed stat"))?;
+    if matches!(state, b"Z" | b"X" | b"x") {
+        return Ok(None);
+    }
+    let field = fields
+        .nth(18)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed stat"))?;
     let s = std::str::from_utf8(field)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "malformed stat"))?;

@@ -5,7 +5,7 @@
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use pyo3::exceptions::{PyAssertionError, PyRuntimeWarning, PyValueError};
+use pyo3::exceptions::{PyAssertionError, PyOSError, PyRuntimeWarning, PyValueError};
 use pyo3::prelude::*;
 
 use super::shm::Segment;
@@ -175,9 +175,8 @@ impl SemLock {
     ) -> PyResult<Self> {
         let core_kind = kind_from_cpython(kind)?;
         if value < 0 {
-            return Err(PyValueError::new_err(
-                "semaphore initial value must be >= 0",
-            ));
+            // What CPython's sem_open reports for a negative value.
+            return Err(PyOSError::new_err((libc::EINVAL, "Invalid argument")));
         }
         let max = u32::try_from(maxvalue.max(1)).unwrap_or(u32::MAX);
         let value = u32::try_from(value).map_err(|_| {
@@ -554,8 +553,9 @@ impl BarrierCore {
                         Ok((BROKEN, 0, 0))
                     }
                     Err(e) => {
-                        // Ctrl-C: as threading.Barrier, an interrupted party breaks it.
-                        st.abort();
+                        // Ctrl-C: as threading.Barrier, the interrupted party leaves without
+                        // breaking the barrier.
+                        st.leave(gen);
                         Err(e)
                     }
                 }

@@ -190,6 +190,30 @@ impl BarrierState {
         self.bump();
     }
 
+    /// Withdraws an arrival of generation `gen` that stopped waiting without breaking the
+    /// barrier (an interrupted `wait`, as `threading.Barrier` does): if the generation is
+    /// still filling, one arrival less.
+    pub fn leave(&self, gen: u32) {
+        let parties = u64::from(self.parties());
+        let mut cur = self.state.load(Ordering::Acquire);
+        loop {
+            let arrived = cur & ARRIVED_MASK;
+            if gen_of(cur) != gen || cur & BROKEN != 0 || arrived == 0 || arrived >= parties {
+                return;
+            }
+            // AcqRel: an ordinary read-modify-write of the state.
+            match self.state.compare_exchange_weak(
+                cur,
+                cur - 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
     /// Breaks the barrier: current and future waiters get `BrokenBarrierError` until `reset`.
     pub fn abort(&self) {
         // AcqRel: an ordinary read-modify-write; the bump publishes it to sleepers.
@@ -333,6 +357,21 @@ mod tests {
         assert_eq!(pass(&b), Err(()));
         b.reset();
         assert!(!b.broken());
+    }
+
+    #[test]
+    fn leaving_withdraws_an_arrival() {
+        let b = new_barrier(2);
+        let Arrival::Wait { gen, .. } = b.arrive() else {
+            panic!()
+        };
+        assert_eq!(b.n_waiting(), 1);
+        b.leave(gen);
+        assert_eq!(b.n_waiting(), 0);
+        assert!(!b.broken());
+        // Two fresh parties still make a generation.
+        assert!(matches!(b.arrive(), Arrival::Wait { index: 0, .. }));
+        assert!(matches!(b.arrive(), Arrival::Last { .. }));
     }
 
     #[test]
