@@ -85,6 +85,12 @@ class BaseContext:
 
         return Barrier(parties, action, timeout, ctx=self.get_context())
 
+    def SimpleQueue(self):
+        """A simplified queue shared between processes."""
+        from .queues import SimpleQueue
+
+        return SimpleQueue(ctx=self.get_context())
+
     def RawValue(self, typecode_or_type, *args):
         """A shared ctypes object without a lock."""
         from .sharedctypes import RawValue
