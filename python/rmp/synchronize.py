@@ -17,6 +17,7 @@ shared by inheritance), under every start method.
 import sys
 import threading
 import time
+from multiprocessing import synchronize as _std_synchronize
 
 from . import _core, context, heap, process, util
 
@@ -296,9 +297,11 @@ class Event:
     def wait(self, timeout=None):
         return self._flag.wait(timeout)
 
-    def __repr__(self):
-        set_status = "set" if self.is_set() else "unset"
-        return f"<{type(self).__qualname__} at {id(self):#x} {set_status}>"
+    if "__repr__" in vars(_std_synchronize.Event):  # CPython 3.11+
+
+        def __repr__(self):
+            set_status = "set" if self.is_set() else "unset"
+            return f"<{type(self).__qualname__} at {id(self):#x} {set_status}>"
 
 
 class Barrier(threading.Barrier):
@@ -358,14 +361,7 @@ class Barrier(threading.Barrier):
     def broken(self):
         return self._core.broken
 
-    def __repr__(self):
-        cls = self.__class__
-        if self.broken:
-            return f"<{cls.__module__}.{cls.__qualname__} at {id(self):#x}: broken>"
-        return (
-            f"<{cls.__module__}.{cls.__qualname__} at {id(self):#x}:"
-            f" waiters={self.n_waiting}/{self.parties}>"
-        )
+    # __repr__: threading.Barrier's (CPython 3.10+), which reads the properties above.
 
 
 if sys.version_info < (3, 14):

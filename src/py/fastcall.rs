@@ -44,6 +44,16 @@ unsafe fn forward(
     }
 }
 
+/// A new reference to `obj`.
+///
+/// # Safety
+/// `obj` must be a live object and the interpreter attached.
+unsafe fn new_ref(obj: *mut ffi::PyObject) -> *mut ffi::PyObject {
+    // SAFETY: per the function's contract.
+    unsafe { ffi::Py_IncRef(obj) };
+    obj
+}
+
 unsafe extern "C" fn acquire(
     slf: *mut ffi::PyObject,
     args: *const *mut ffi::PyObject,
@@ -57,8 +67,8 @@ unsafe extern "C" fn acquire(
         // before calling us, and `slf` is a valid borrowed reference for this call.
         let lock = unsafe { Bound::ref_from_ptr(py, &slf).cast_unchecked::<CoreSemLock>() };
         if lock.get().try_acquire_fast() {
-            // SAFETY: returning a new reference to True.
-            return unsafe { ffi::Py_NewRef(ffi::Py_True()) };
+            // SAFETY: returning a new reference to True (Py_NewRef is 3.10+).
+            return unsafe { new_ref(ffi::Py_True()) };
         }
     }
     // SAFETY: arguments as received from CPython.
@@ -75,7 +85,7 @@ unsafe extern "C" fn release(
     let lock = unsafe { Bound::ref_from_ptr(py, &slf).cast_unchecked::<CoreSemLock>() };
     if lock.get().try_release_fast() {
         // SAFETY: returning a new reference to None.
-        return unsafe { ffi::Py_NewRef(ffi::Py_None()) };
+        return unsafe { new_ref(ffi::Py_None()) };
     }
     // SAFETY: no arguments; `slf` valid for the call.
     unsafe {
