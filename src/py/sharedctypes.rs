@@ -67,7 +67,7 @@ impl SharedValue {
     fn read(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let p = self.addr;
         // SAFETY: (all arms) `addr` is the address of a live ctypes object of this typecode's
-        // size (checked in `new`), aligned for it (arena blocks are 16-aligned and ctypes
+        // size (checked in `new`), aligned for it (arena blocks are 64-aligned and ctypes
         // objects are naturally aligned), kept alive by `self.obj`; other processes touch the
         // same bytes only through whole, aligned accesses, so atomic loads are sound.
         let v = unsafe {
