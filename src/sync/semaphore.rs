@@ -235,13 +235,21 @@ impl SemState {
         }
     }
 
-    /// Spins up to `spins` rounds (a CPU pause each) for a unit to appear, taking it if one
-    /// does: a holder that releases within a few microseconds hands over without a futex
-    /// sleep and wake-up on either side. Returns whether it got one.
+    /// Spins up to `spins` CPU pauses for a unit to appear, taking it if one does: a holder
+    /// that releases within a few microseconds hands over without a futex sleep and wake-up
+    /// on either side. The state is read after 1, 2, 4, 8, then every 16 pauses, so that a
+    /// spinner does not keep pulling the line away from the holder. Returns whether it got
+    /// one.
     pub fn spin_acquire(&self, me: &Me, spins: u32) -> bool {
         let kind = self.kind();
-        for _ in 0..spins {
-            std::hint::spin_loop();
+        let mut pause = 1u32;
+        let mut spent = 0u32;
+        while spent < spins {
+            for _ in 0..pause {
+                std::hint::spin_loop();
+            }
+            spent += pause;
+            pause = (pause * 2).min(16);
             let v = self.value.load(Ordering::Relaxed);
             let free = match kind {
                 Kind::Semaphore => v > 0,
