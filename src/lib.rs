@@ -12,6 +12,7 @@ pub mod connection;
 pub mod errors;
 pub mod platform;
 pub mod process;
+pub mod queue;
 pub mod shm;
 pub mod sync;
 
