@@ -11,6 +11,7 @@ __all__ = [
     "CondVar",
     "EventFlag",
     "ProcessHandle",
+    "Ring",
     "Segment",
     "SemLock",
     "SharedValue",
@@ -134,6 +135,21 @@ class BarrierCore:
     def n_waiting(self) -> int: ...
     @property
     def broken(self) -> bool: ...
+
+@final
+class Ring:
+    """A many-producer many-consumer byte ring at the start of a segment."""
+
+    def __new__(cls, segment: Segment, capacity: int, max_items: int, create: bool) -> Ring: ...
+    def put(self, data: bytes, block: bool = True, timeout: Optional[float] = None) -> bool: ...
+    def get(self, block: bool = True, timeout: Optional[float] = None) -> Optional[bytes]: ...
+    def __len__(self) -> int: ...
+    @property
+    def capacity(self) -> int: ...
+    @property
+    def max_payload(self) -> int: ...
+    @staticmethod
+    def segment_size(capacity: int) -> int: ...
 
 @disjoint_base
 class SharedValue:

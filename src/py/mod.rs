@@ -5,6 +5,7 @@
 mod connection;
 mod fastcall;
 mod process;
+mod queue;
 mod sharedctypes;
 mod shm;
 mod sync;
@@ -86,6 +87,7 @@ pub(crate) fn wait_fd_readable(
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     connection::register(m)?;
     process::register(m)?;
+    queue::register(m)?;
     sharedctypes::register(m)?;
     shm::register(m)?;
     sync::register(m)?;

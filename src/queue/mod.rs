@@ -1,5 +1,5 @@
 //! A bounded many-producer many-consumer byte ring in shared memory: the core of rmp's queues
-//! (the Python binding and the feeder thread build on it; not bound to Python yet).
+//! (bound as `rmp._core.Ring`; the `Queue` classes and their feeder thread are to build on it).
 //!
 //! One [`RingHeader`] (`#[repr(C)]`, 128 bytes, versioned) followed by `capacity` bytes of
 //! data, all in one `MAP_SHARED` mapping. Messages are records: an 8-byte header (length,
