@@ -1013,3 +1013,77 @@ def test_ten_thousand_values_and_locks_cost_no_descriptors():
     assert _fds() - fds <= 2 and _maps() - maps <= 2, (_fds(), fds, _maps(), maps)
     assert set(os.listdir("/dev/shm")) == shm_before
     del warm
+
+
+# Regressions found in review: each of these once went wrong.
+
+
+def _hold_and_report(lock, held, release):
+    with lock:
+        held.set()
+        release.wait(30)
+
+
+def _where(lock):
+    (arena, _start, _stop), _size = lock._wrapper._state
+    return arena.token, lock._wrapper.offset
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_a_lock_a_child_holds_is_not_recycled_when_the_parent_drops_it(method):
+    import gc
+
+    ctx = rmp.get_context(method)
+    held, release = ctx.Event(), ctx.Event()
+    lock = ctx.Lock()
+    where = _where(lock)
+    p = ctx.Process(target=_hold_and_report, args=(lock, held, release))
+    del lock
+    p.start()  # the parent's last reference goes with the Process's arguments
+    try:
+        assert held.wait(30)
+        gc.collect()
+        fresh = [ctx.Lock() for _ in range(50)]  # would reuse the dropped lock's bytes
+        assert where not in {_where(lk) for lk in fresh}
+    finally:
+        release.set()
+        p.join(30)
+    assert p.exitcode == 0
+
+
+def test_a_same_process_takeover_starts_a_fresh_recursion_count():
+    lock = rmp.RLock()
+    t = threading.Thread(target=lock.acquire)  # takes it and dies holding it
+    t.start()
+    t.join()
+    with pytest.warns(RuntimeWarning):
+        assert lock.acquire(timeout=10)
+    assert lock._count() == 1
+    lock.release()
+    assert not lock._is_zero()  # free again after one release
+
+
+def test_a_takeover_warning_raised_as_an_error_leaves_the_lock_free():
+    lock = rmp.RLock()
+    t = threading.Thread(target=lock.acquire)
+    t.start()
+    t.join()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(RuntimeWarning):
+            lock.acquire(timeout=10)
+    assert not lock._is_zero() and lock._count() == 0
+    assert lock.acquire(timeout=5)  # the holder is gone: no second warning
+    lock.release()
+
+
+def test_event_wait_sees_a_set_that_a_clear_undid():
+    event = rmp.Event()
+    result = []
+    t = threading.Thread(target=lambda: result.append(event.wait(10)))
+    t.start()
+    time.sleep(0.2)
+    event.set()
+    event.clear()
+    t.join(10)
+    assert result == [True]  # as threading.Event documents: set during the wait

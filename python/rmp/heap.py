@@ -10,7 +10,6 @@ descriptor (``DupFd``) when an object living in it is pickled for the child, and
 arena once however many objects of it arrive.
 """
 
-import itertools
 import mmap
 import os
 import threading
@@ -34,17 +33,20 @@ def _roundup(n, alignment):
 class Arena:
     """One shared segment that blocks are cut from.
 
-    ``token`` names the arena across processes, so that a child maps each arena once.
+    ``token`` names the arena across processes, so that a child maps each arena once: the
+    memfd's device and inode numbers, unique among files that exist (and an arena's file
+    exists as long as any process maps it).
     """
-
-    _counter = itertools.count()
 
     def __init__(self, size, segment=None, token=None):
         if size <= 0:
             raise ValueError("arena size must be positive")
         self.size = size
         self.segment = segment if segment is not None else _core.Segment(size)
-        self.token = token if token is not None else (os.getpid(), next(Arena._counter))
+        if token is None:
+            st = os.fstat(self.segment.fileno())
+            token = (st.st_dev, st.st_ino)
+        self.token = token
         self.buffer = memoryview(self.segment)
 
     def __repr__(self):
@@ -59,6 +61,17 @@ class Arena:
 # mapping. Weak, so an arena goes (unmapped, descriptor closed) with its last object.
 _arenas_by_token = weakref.WeakValueDictionary()
 _arenas_lock = threading.Lock()
+
+
+def _after_fork_in_child():
+    # Another thread may have held the lock at the fork; it does not exist in the child.
+    global _arenas_lock
+    _arenas_lock = threading.Lock()
+    BufferWrapper._heap._after_fork_in_child()
+
+
+def _after_fork_in_parent():
+    BufferWrapper._heap._forked()
 
 
 def _register_arena(arena):
@@ -83,6 +96,10 @@ def rebuild_arena(size, token, dupfd):
 
 
 reduction.register(Arena, reduce_arena)
+os.register_at_fork(
+    after_in_child=lambda: _after_fork_in_child(),
+    after_in_parent=lambda: _after_fork_in_parent(),
+)
 
 
 class Heap:
@@ -93,6 +110,13 @@ class Heap:
     an arena get an arena of their own, released when the block is freed. A forked child
     starts a fresh heap (new arenas), as CPython's does, so parent and child never cut the
     same bytes.
+
+    A freed block is reused only if no other process can still be using it: not if it was
+    pickled for another process, nor if a fork happened while it was allocated (the child
+    inherited it). Those blocks are left unused for good: reusing one would hand the memory of
+    a lock or a value a child still holds to a new, unrelated object. CPython's
+    semaphores are kernel objects that live as long as anyone uses them; this keeps the same
+    guarantee for rmp's, at the cost of the bytes of the shared objects a process frees.
     """
 
     _ARENA_SIZE = 1 << 20
@@ -106,9 +130,16 @@ class Heap:
         self._free = {}  # rounded size -> [(arena, start)]
         self._arenas = []  # arenas holding live or free small blocks
         self._n_allocated = 0
+        self._generation = 0  # forks of this process so far (see the class comment)
 
     def _reinit_after_fork(self):
         self.__init__(self._arena_size)
+
+    def _after_fork_in_child(self):
+        self._lock = threading.Lock()
+
+    def _forked(self):
+        self._generation += 1
 
     def _new_arena(self, size):
         arena = Arena(size)
@@ -142,16 +173,20 @@ class Heap:
             self._next += rounded
             return (self._arena, start, start + rounded)
 
-    def free(self, block):
-        """Returns a block to the heap. Blocks of another process's heap (inherited across
-        fork) are left alone."""
+    def free(self, info):
+        """Returns a block to the heap (``info``: ``[block, generation, shared]`` kept by its
+        ``BufferWrapper``). Blocks of another process's heap (inherited across fork), and
+        blocks another process may be using, are left alone."""
         if os.getpid() != self._lastpid:
             return
-        arena, start, stop = block
+        (arena, start, stop), generation, shared = info
         with self._lock:
             self._n_allocated -= 1
             if arena.size != self._arena_size or arena not in self._arenas:
-                # A dedicated arena: dropping the last reference unmaps it.
+                # A dedicated arena: dropping the last reference unmaps it (in this process;
+                # a child that mapped it keeps its own mapping).
+                return
+            if shared or generation != self._generation:
                 return
             self._free.setdefault(stop - start, []).append((arena, start))
 
@@ -166,9 +201,12 @@ class BufferWrapper:
     def __init__(self, size):
         if size < 0:
             raise ValueError(f"Size {size:n} out of range")
-        block = BufferWrapper._heap.malloc(size)
+        heap = BufferWrapper._heap
+        block = heap.malloc(size)
         self._state = (block, size)
-        util.Finalize(self, BufferWrapper._heap.free, args=(block,))
+        # [block, fork generation at allocation, pickled for another process]
+        self._info = [block, heap._generation, False]
+        util.Finalize(self, heap.free, args=(self._info,))
 
     def create_memoryview(self):
         (arena, start, _stop), size = self._state
@@ -183,6 +221,9 @@ class BufferWrapper:
         return self._state[0][1]
 
     def __reduce__(self):
+        info = getattr(self, "_info", None)
+        if info is not None:
+            info[2] = True  # another process may use it from now on: never reuse it
         return _rebuild_wrapper, self._state
 
 

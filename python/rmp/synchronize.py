@@ -36,8 +36,8 @@ RECURSIVE_MUTEX, SEMAPHORE = list(range(2))
 SEM_VALUE_MAX = 2**31 - 1
 
 _SEM_SIZE = 64  # sizeof(SemState), see src/sync/semaphore.rs
-_COND_SIZE = 32
-_EVENT_SIZE = 16
+_COND_SIZE = 32 + 32 * 32  # sizeof(CondState): header and 32 sleeper slots
+_EVENT_SIZE = 24
 _BARRIER_SIZE = 32
 
 

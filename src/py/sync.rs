@@ -11,7 +11,7 @@ use pyo3::prelude::*;
 use super::shm::Segment;
 use super::{deadline, wait_detached};
 use crate::sync::barrier::{Arrival, BarrierState, Passage};
-use crate::sync::condition::CondState;
+use crate::sync::condition::{CondState, Ticket, SLOTS};
 use crate::sync::event::EventState;
 use crate::sync::semaphore::{Acquired, Kind, ReleaseError, SemState};
 use crate::sync::Me;
@@ -105,6 +105,7 @@ impl SemLock {
         self.slot.get()
     }
 
+    /// Records an acquisition: one more unit (semaphore) or one more level of recursion.
     fn took(&self) {
         // Load + store, not an atomic add: callers hold the interpreter, which serialises
         // them (CPython's own count is a plain int for the same reason).
@@ -113,21 +114,44 @@ impl SemLock {
         self.last_tid.store(thread_ident(), Ordering::Relaxed);
     }
 
+    /// Records that the mutex was newly taken (free, or taken over): depth 1, whatever a
+    /// thread of this process that died holding it left in the count.
+    fn took_mutex(&self) {
+        self.count.store(1, Ordering::Relaxed);
+        self.last_tid.store(thread_ident(), Ordering::Relaxed);
+    }
+
+    /// Records a successful acquire of either kind, `fresh` when a mutex was newly taken.
+    fn took_any(&self, fresh: bool) {
+        if fresh && self.kind == RECURSIVE_MUTEX {
+            self.took_mutex()
+        } else {
+            self.took()
+        }
+    }
+
     /// The uncontended `acquire()`: a semaphore-kind lock with a unit free (one CAS), or a
     /// mutex that is free or already the caller's. False: take the full path (`acquire`),
     /// which decides.
     pub(crate) fn try_acquire_fast(&self) -> bool {
         let st = self.state();
-        let got = if self.kind == SEMAPHORE {
-            st.try_take_unit()
-        } else {
-            let me = Me::current();
-            st.held_by(&me) || st.try_lock(&me)
-        };
-        if got {
-            self.took();
+        if self.kind == SEMAPHORE {
+            let got = st.try_take_unit();
+            if got {
+                self.took();
+            }
+            return got;
         }
-        got
+        let me = Me::current();
+        if st.held_by(&me) {
+            self.took();
+            true
+        } else if st.try_lock(&me) {
+            self.took_mutex();
+            true
+        } else {
+            false
+        }
     }
 
     /// A `release()` that succeeds: a semaphore below its bound, or a mutex the caller
@@ -218,15 +242,19 @@ impl SemLock {
             return Ok(true);
         }
         let me = Me::current();
-        if self.kind == RECURSIVE_MUTEX && (st.held_by(&me) || st.try_lock(&me)) {
+        if self.kind == RECURSIVE_MUTEX && st.held_by(&me) {
             self.took();
+            return Ok(true);
+        }
+        if self.kind == RECURSIVE_MUTEX && st.try_lock(&me) {
+            self.took_mutex();
             return Ok(true);
         }
         if !block {
             return Ok(false);
         }
         if timeout.is_none_or(|t| t > 0.0) && st.spin_acquire(&me, SPINS) {
-            self.took();
+            self.took_any(true);
             return Ok(true);
         }
         let deadline = deadline(timeout)?;
@@ -239,7 +267,7 @@ impl SemLock {
         match got {
             None => Ok(false),
             Some(a) => {
-                self.took();
+                self.took_any(true);
                 if let Acquired::Recovered { pid, tid } = a {
                     let who = if pid != 0 {
                         format!("process {pid} (thread {tid})")
@@ -252,7 +280,12 @@ impl SemLock {
                         me.pid
                     ))
                     .unwrap_or_default();
-                    PyErr::warn(py, &py.get_type::<PyRuntimeWarning>(), &msg, 1)?;
+                    if let Err(e) = PyErr::warn(py, &py.get_type::<PyRuntimeWarning>(), &msg, 1) {
+                        // The warning became an error (-W error): do not leave with the lock.
+                        self.count.store(0, Ordering::Relaxed);
+                        let _ = st.release(&me);
+                        return Err(e);
+                    }
                 }
                 Ok(true)
             }
@@ -382,32 +415,47 @@ impl CondVar {
     }
 
     /// Registers the caller as a sleeper (call holding the lock); returns the ticket to pass
-    /// to `wait`.
-    fn register(&self) -> u32 {
-        self.slot.get().register()
+    /// to `wait` (a slot index, or a negative number for an overflow registration).
+    fn register(&self) -> i64 {
+        match self.slot.get().register(&Me::current()) {
+            Ticket::Slot(i) => i as i64,
+            Ticket::Overflow(seen) => -1 - i64::from(seen),
+        }
     }
 
     /// Waits (detached, in slices) to be notified, at most `timeout` seconds; returns whether
     /// it was. Ends the registration in every case, also when Ctrl-C interrupts it.
     #[pyo3(signature = (ticket, timeout=None))]
-    fn wait(&self, py: Python<'_>, ticket: u32, timeout: Option<f64>) -> PyResult<bool> {
+    fn wait(&self, py: Python<'_>, ticket: i64, timeout: Option<f64>) -> PyResult<bool> {
         let st = self.slot.get();
+        let mut t = if ticket >= 0 {
+            let i = ticket as usize;
+            if i >= SLOTS {
+                return Err(PyValueError::new_err("invalid condition ticket"));
+            }
+            Ticket::Slot(i)
+        } else {
+            Ticket::Overflow(
+                u32::try_from(-1 - ticket)
+                    .map_err(|_| PyValueError::new_err("invalid condition ticket"))?,
+            )
+        };
         let deadline = match deadline(timeout) {
             Ok(d) => d,
             Err(e) => {
-                st.cancel(ticket);
+                st.cancel(t);
                 return Err(e);
             }
         };
-        let mut seen = ticket;
-        let seen_ref = &mut seen;
-        match wait_detached(py, deadline, |slice| {
-            Ok(st.wait_slice(ticket, seen_ref, slice)?.then_some(()))
-        }) {
+        let t_ref = &mut t;
+        let r = wait_detached(py, deadline, |slice| {
+            Ok(st.wait_slice(t_ref, slice)?.then_some(()))
+        });
+        match r {
             Ok(Some(())) => Ok(true),
-            Ok(None) => Ok(st.cancel(ticket)),
+            Ok(None) => Ok(st.cancel(t)),
             Err(e) => {
-                st.cancel(ticket);
+                st.cancel(t);
                 Err(e)
             }
         }
@@ -418,7 +466,7 @@ impl CondVar {
         self.slot.get().notify(n)
     }
 
-    /// (sleepers, tokens), racy: diagnostics and tests.
+    /// (sleepers not yet notified, notified sleepers not yet awake), racy: diagnostics.
     fn counts(&self) -> (u32, u32) {
         self.slot.get().counts()
     }
@@ -455,17 +503,21 @@ impl EventFlag {
         self.slot.get().clear()
     }
 
-    /// Waits (detached, in slices) until set, at most `timeout` seconds; returns the flag.
+    /// Waits (detached, in slices) until set (or a set happened since the wait began), at most
+    /// `timeout` seconds; returns the flag.
     #[pyo3(signature = (timeout=None))]
     fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
         let st = self.slot.get();
         if st.is_set() {
             return Ok(true);
         }
+        let since = st.generation();
         let deadline = deadline(timeout)?;
         let got = wait_detached(py, deadline, |slice| {
-            Ok(st.wait_slice(slice)?.then_some(()))
+            Ok(st.wait_slice(since, slice)?.then_some(()))
         })?;
+        // True if the flag was set before or during the wait (even if a clear has undone it
+        // since), False only on a timeout: the documented semantics of Event.wait.
         Ok(got.is_some() || st.is_set())
     }
 }

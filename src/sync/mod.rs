@@ -63,6 +63,18 @@ impl Me {
     }
 }
 
+/// Whether `/proc` shows this process's own threads (it does not inside another pid
+/// namespace's `/proc`, or when `/proc` is not mounted). Without it, a missing `/proc` entry
+/// says nothing about a thread, and nothing is treated as dead.
+pub fn proc_is_ours() -> bool {
+    static OURS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OURS.get_or_init(|| {
+        let pid = platform::getpid();
+        let tid = platform::gettid();
+        matches!(platform::thread_start_time(pid, tid), Ok(Some(_)))
+    })
+}
+
 /// How a bounded futex wait ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WaitEnd {

@@ -270,21 +270,36 @@ impl SemState {
     /// Whether the thread holding the mutex (`tid`, read from `value`) still runs. Reads
     /// `/proc`: called only after a whole wait slice passed without the mutex changing hands.
     fn holder_alive(&self, tid: u32) -> io::Result<(bool, u32)> {
+        if !super::proc_is_ours() {
+            // `/proc` cannot tell us about threads: never take a lock over.
+            return Ok((true, 0));
+        }
         // Acquire: pairs with the Release store in `publish_owner`.
-        if self.owner_tid.load(Ordering::Acquire) == tid {
+        let (alive, pid) = if self.owner_tid.load(Ordering::Acquire) == tid {
             let pid = self.owner_pid.load(Ordering::Relaxed);
             let start = self.owner_start.load(Ordering::Relaxed);
-            let now = platform::thread_start_time(pid as i32, tid as i32)?;
-            let alive = match now {
-                None => false,
-                Some(s) => start == 0 || s == start,
+            // The holder may have released and another may have published meanwhile: trust
+            // the pair only if the holder's tid is still both the owner and the value.
+            // Acquire: as above.
+            if self.owner_tid.load(Ordering::Acquire) != tid
+                || self.value.load(Ordering::Relaxed) != tid
+            {
+                return Ok((true, 0));
+            }
+            let alive = match platform::thread_start_time(pid as i32, tid as i32) {
+                Ok(None) => false,
+                Ok(Some(s)) => start == 0 || s == start,
+                // Not allowed to look (`hidepid`): assume alive.
+                Err(_) => true,
             };
-            Ok((alive, pid))
+            (alive, pid)
         } else {
             // The holder took the mutex but has not published itself yet (or died in
             // between): only the thread id is known.
-            Ok((platform::thread_start_time(0, tid as i32)?.is_some(), 0))
-        }
+            let alive = !matches!(platform::thread_start_time(0, tid as i32), Ok(None));
+            (alive, 0)
+        };
+        Ok((alive, pid))
     }
 
     /// Takes a unit, sleeping at most `slice` for one. A signal or the end of the slice gives

@@ -61,13 +61,23 @@ def _stdlib_submodule_names(std_mp):
     return sorted(names)
 
 
-def _make_stub(name):
-    def stub(*args, **kwargs):
-        raise NotImplementedError(
-            "rmp does not implement multiprocessing.%s yet (conformance stub)" % name
-        )
+def _make_stub(name, like=None):
+    """A stand-in that raises NotImplementedError when called. Where the stdlib's object is a
+    class, the stand-in is a class too (tests use such names with ``isinstance``)."""
+    message = "rmp does not implement multiprocessing.%s yet (conformance stub)" % name
 
-    stub.__name__ = stub.__qualname__ = name
+    if isinstance(like, type):
+
+        def __new__(cls, *args, **kwargs):
+            raise NotImplementedError(message)
+
+        stub = type(name.rsplit(".", 1)[-1], (), {"__new__": __new__})
+    else:
+
+        def stub(*args, **kwargs):
+            raise NotImplementedError(message)
+
+        stub.__name__ = stub.__qualname__ = name
     stub._rmp_conformance_stub = True
     return stub
 
@@ -127,7 +137,8 @@ def _install_rmp():
     bridged, filled = [], []
     for sub, name in missing_sub:
         if _MISSING == "stub":
-            setattr(sys.modules["rmp." + sub], name, _make_stub("%s.%s" % (sub, name)))
+            stub = _make_stub("%s.%s" % (sub, name), getattr(std_mods[sub], name, None))
+            setattr(sys.modules["rmp." + sub], name, stub)
         elif _MISSING == "stdlib":
             setattr(sys.modules["rmp." + sub], name, getattr(std_mods[sub], name))
     missing += ["%s.%s" % pair for pair in missing_sub]
