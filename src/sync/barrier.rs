@@ -28,6 +28,11 @@ fn gen_of(state: u64) -> u32 {
     (state >> GEN_SHIFT) as u32
 }
 
+/// The state that starts the generation after `gen`: no arrivals, not broken.
+fn next_generation(gen: u32) -> u64 {
+    u64::from(gen.wrapping_add(1) & 0x7fff_ffff) << GEN_SHIFT
+}
+
 /// One barrier in shared memory (32 bytes). Field by field:
 #[repr(C)]
 #[derive(Debug)]
@@ -169,25 +174,32 @@ impl BarrierState {
         let _ = platform::futex_wake(&self.seq, i32::MAX as u32);
     }
 
-    /// Ends generation `gen` (called by its last party): everybody waiting passes.
-    pub fn release(&self, gen: u32) {
+    /// Applies `f` to the state word with a CAS loop until it sticks; `f` returning None
+    /// leaves the state alone. Returns whether the state was changed.
+    fn update(&self, mut f: impl FnMut(u64) -> Option<u64>) -> bool {
         let mut cur = self.state.load(Ordering::Acquire);
         loop {
-            if gen_of(cur) != gen || cur & BROKEN != 0 {
-                // Reset or aborted meanwhile: nothing to release.
-                return;
-            }
-            let new = u64::from(gen.wrapping_add(1) & 0x7fff_ffff) << GEN_SHIFT;
-            // AcqRel: publishes the last party's writes (its action's) to the waiters.
+            let Some(new) = f(cur) else { return false };
+            // AcqRel: a release or reset publishes the caller's writes (the last party's
+            // action) to the parties that see the new state, and sees theirs.
             match self
                 .state
                 .compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire)
             {
-                Ok(_) => break,
+                Ok(_) => return true,
                 Err(actual) => cur = actual,
             }
         }
-        self.bump();
+    }
+
+    /// Ends generation `gen` (called by its last party): everybody waiting passes.
+    pub fn release(&self, gen: u32) {
+        // Reset or aborted meanwhile: nothing to release.
+        if self
+            .update(|cur| (gen_of(cur) == gen && cur & BROKEN == 0).then(|| next_generation(gen)))
+        {
+            self.bump();
+        }
     }
 
     /// Withdraws an arrival of generation `gen` that stopped waiting without breaking the
@@ -195,23 +207,11 @@ impl BarrierState {
     /// still filling, one arrival less.
     pub fn leave(&self, gen: u32) {
         let parties = u64::from(self.parties());
-        let mut cur = self.state.load(Ordering::Acquire);
-        loop {
+        self.update(|cur| {
             let arrived = cur & ARRIVED_MASK;
-            if gen_of(cur) != gen || cur & BROKEN != 0 || arrived == 0 || arrived >= parties {
-                return;
-            }
-            // AcqRel: an ordinary read-modify-write of the state.
-            match self.state.compare_exchange_weak(
-                cur,
-                cur - 1,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return,
-                Err(actual) => cur = actual,
-            }
-        }
+            let filling = gen_of(cur) == gen && cur & BROKEN == 0 && arrived > 0;
+            (filling && arrived < parties).then(|| cur - 1)
+        });
     }
 
     /// Breaks the barrier: current and future waiters get `BrokenBarrierError` until `reset`.
@@ -223,20 +223,11 @@ impl BarrierState {
 
     /// Returns the barrier to its empty state; parties waiting now get `BrokenBarrierError`.
     pub fn reset(&self) {
-        let mut cur = self.state.load(Ordering::Acquire);
-        loop {
-            let gen = gen_of(cur);
+        self.update(|cur| {
             // Release: must be visible to a late sleeper that sees the new generation.
-            self.broken_gen.store(gen, Ordering::Release);
-            let new = u64::from(gen.wrapping_add(1) & 0x7fff_ffff) << GEN_SHIFT;
-            match self
-                .state
-                .compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => break,
-                Err(actual) => cur = actual,
-            }
-        }
+            self.broken_gen.store(gen_of(cur), Ordering::Release);
+            Some(next_generation(gen_of(cur)))
+        });
         self.bump();
     }
 
