@@ -540,6 +540,12 @@ impl BarrierCore {
         if parties == 0 {
             return Err(PyValueError::new_err("parties must be > 0"));
         }
+        if parties > crate::sync::barrier::MAX_PARTIES {
+            return Err(PyValueError::new_err(format!(
+                "rmp's Barrier supports at most {} parties",
+                crate::sync::barrier::MAX_PARTIES
+            )));
+        }
         let slot = Slot::<BarrierState>::new(segment, offset)?;
         if create {
             slot.get().init(parties);

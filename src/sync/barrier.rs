@@ -4,9 +4,11 @@
 //! CPython's process-shared `Barrier` is `threading.Barrier` over a process-shared
 //! `Condition`, whose `notify_all` waits for every sleeper to answer: one SIGKILLed party hangs
 //! the barrier for everyone. Here the state is one 64-bit word updated by CAS (arrivals,
-//! broken flag, generation) and a sequence word that waiters futex-wait on; releasing a
-//! generation is one CAS and one wake, and never waits for anyone. A party that dies after
-//! arriving still counts as arrived, so the others complete the generation without it.
+//! broken flag, how the last 15 generations ended, generation) and a sequence word that
+//! waiters futex-wait on; releasing a generation is one CAS and one wake, and never waits for
+//! anyone. A party that dies after arriving still counts as arrived, so the others complete
+//! the generation without it. Ending a generation and recording how it ended (released, or
+//! reset) is the same CAS, so a sleeper that wakes late always learns the truth.
 
 use std::io;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -17,20 +19,37 @@ use crate::platform;
 
 /// `b"RMPB"`: marks an initialised [`BarrierState`].
 pub const BARRIER_MAGIC: u32 = u32::from_le_bytes(*b"RMPB");
-/// Layout version of [`BarrierState`].
-pub const BARRIER_VERSION: u32 = 1;
+/// Layout version of [`BarrierState`]. 2: outcome history in the state word (1 kept the
+/// last reset generation in a separate word, which could be read out of step).
+pub const BARRIER_VERSION: u32 = 2;
+/// Most parties a barrier may have (the arrival count has 16 bits).
+pub const MAX_PARTIES: u32 = 0xffff;
 
-const ARRIVED_MASK: u64 = 0xffff_ffff;
-const BROKEN: u64 = 1 << 32;
-const GEN_SHIFT: u32 = 33;
+const ARRIVED_MASK: u64 = 0xffff;
+const BROKEN: u64 = 1 << 16;
+const HISTORY_SHIFT: u32 = 17;
+/// Generations whose outcome the state remembers.
+const HISTORY: u32 = 15;
+const HISTORY_MASK: u64 = ((1 << HISTORY) - 1) << HISTORY_SHIFT;
+const GEN_SHIFT: u32 = 32;
 
 fn gen_of(state: u64) -> u32 {
     (state >> GEN_SHIFT) as u32
 }
 
-/// The state that starts the generation after `gen`: no arrivals, not broken.
-fn next_generation(gen: u32) -> u64 {
-    u64::from(gen.wrapping_add(1) & 0x7fff_ffff) << GEN_SHIFT
+fn history_bit(gen: u32) -> u64 {
+    1 << (HISTORY_SHIFT + gen % HISTORY)
+}
+
+/// The state that starts the generation after the one in `cur`: no arrivals, not broken, and
+/// the history saying whether the ending generation was `reset`.
+fn next_generation(cur: u64, by_reset: bool) -> u64 {
+    let gen = gen_of(cur);
+    let mut history = cur & HISTORY_MASK & !history_bit(gen);
+    if by_reset {
+        history |= history_bit(gen);
+    }
+    (u64::from(gen.wrapping_add(1)) << GEN_SHIFT) | history
 }
 
 /// One barrier in shared memory (32 bytes). Field by field:
@@ -45,14 +64,12 @@ pub struct BarrierState {
     seq: AtomicU32,
     /// Number of parties, written once by `init` (> 0).
     parties: AtomicU32,
-    /// Bits 0-31: parties arrived in the current generation. Bit 32: broken. Bits 33-63: the
-    /// generation number (wraps).
+    /// Bits 0-15: parties arrived in the current generation. Bit 16: broken. Bits 17-31: for
+    /// generation `g`, bit `17 + g % 15` is 1 if `g` ended by `reset` (its late sleepers
+    /// raise `BrokenBarrierError`), 0 if it was released. Bits 32-63: the generation (wraps).
     state: AtomicU64,
-    /// The last generation that ended by `reset` rather than by release, so its late
-    /// sleepers raise `BrokenBarrierError`. Written before the CAS that ends it (Release).
-    broken_gen: AtomicU32,
     /// Reserved, zero.
-    _reserved: u32,
+    _reserved: u64,
 }
 
 /// What [`BarrierState::arrive`] gives.
@@ -92,10 +109,10 @@ pub enum Passage {
 impl BarrierState {
     /// Initialises a zeroed slot for `parties` (> 0) parties; must run before sharing.
     pub fn init(&self, parties: u32) {
-        self.parties.store(parties.max(1), Ordering::Relaxed);
+        self.parties
+            .store(parties.clamp(1, MAX_PARTIES), Ordering::Relaxed);
         self.state.store(0, Ordering::Relaxed);
         self.seq.store(0, Ordering::Relaxed);
-        self.broken_gen.store(u32::MAX, Ordering::Relaxed);
         self.version.store(BARRIER_VERSION, Ordering::Relaxed);
         // Release: publishes the fields above; pairs with the Acquire in `check`.
         self.magic.store(BARRIER_MAGIC, Ordering::Release);
@@ -195,9 +212,9 @@ impl BarrierState {
     /// Ends generation `gen` (called by its last party): everybody waiting passes.
     pub fn release(&self, gen: u32) {
         // Reset or aborted meanwhile: nothing to release.
-        if self
-            .update(|cur| (gen_of(cur) == gen && cur & BROKEN == 0).then(|| next_generation(gen)))
-        {
+        if self.update(|cur| {
+            (gen_of(cur) == gen && cur & BROKEN == 0).then(|| next_generation(cur, false))
+        }) {
             self.bump();
         }
     }
@@ -223,11 +240,7 @@ impl BarrierState {
 
     /// Returns the barrier to its empty state; parties waiting now get `BrokenBarrierError`.
     pub fn reset(&self) {
-        self.update(|cur| {
-            // Release: must be visible to a late sleeper that sees the new generation.
-            self.broken_gen.store(gen_of(cur), Ordering::Release);
-            Some(next_generation(gen_of(cur)))
-        });
+        self.update(|cur| Some(next_generation(cur, true)));
         self.bump();
     }
 
@@ -253,9 +266,11 @@ impl BarrierState {
 
     fn poll(&self, gen: u32) -> Passage {
         let s = self.state.load(Ordering::Acquire);
-        if gen_of(s) != gen {
-            // Acquire: pairs with the Release store in `reset`.
-            if self.broken_gen.load(Ordering::Acquire) == gen {
+        let ended = gen_of(s).wrapping_sub(gen);
+        if ended != 0 {
+            // The outcome of `gen` is remembered for HISTORY generations; a sleeper that slept
+            // through more (an implausible case) is let through.
+            if ended <= HISTORY && s & history_bit(gen) != 0 {
                 Passage::Broken
             } else {
                 Passage::Released
@@ -310,6 +325,35 @@ mod tests {
     #[test]
     fn layout_is_32_bytes() {
         assert_eq!(std::mem::size_of::<BarrierState>(), 32);
+    }
+
+    #[test]
+    fn a_sleeper_through_two_resets_is_broken_and_a_released_one_passes() {
+        let b = new_barrier(2);
+        let mut seen = b.seq();
+        let Arrival::Wait { gen, .. } = b.arrive() else {
+            panic!()
+        };
+        b.reset();
+        b.reset();
+        assert_eq!(
+            b.wait_slice(gen, &mut seen, Duration::from_millis(1))
+                .unwrap(),
+            Passage::Broken
+        );
+        // A generation released normally, then reset after: its sleeper passes.
+        let mut seen = b.seq();
+        let Arrival::Wait { gen, .. } = b.arrive() else {
+            panic!()
+        };
+        assert!(matches!(b.arrive(), Arrival::Last { .. }));
+        b.release(gen);
+        b.reset();
+        assert_eq!(
+            b.wait_slice(gen, &mut seen, Duration::from_millis(1))
+                .unwrap(),
+            Passage::Released
+        );
     }
 
     #[test]
