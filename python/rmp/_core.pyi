@@ -18,6 +18,8 @@ __all__ = [
     "die_with_parent",
     "recv_message",
     "semlock_acquire",
+    "semlock_enter",
+    "semlock_exit",
     "semlock_release",
     "send_message",
     "spawn",
@@ -96,9 +98,11 @@ class SemLock:
     def _owner_pid(self) -> int: ...
     def _after_fork(self) -> None: ...
 
-# Raw method descriptors of SemLock (the fast acquire/release).
+# Raw method descriptors of SemLock (the fast acquire/release and with-statement).
 semlock_acquire: Any
 semlock_release: Any
+semlock_enter: Any
+semlock_exit: Any
 
 @final
 class CondVar:

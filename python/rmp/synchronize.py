@@ -55,9 +55,12 @@ class SemLock(_core.SemLock):
     object itself, where CPython keeps a wrapped one."""
 
     # Raw method descriptors of _core.SemLock: the uncontended call is one CAS with no
-    # argument parsing; anything else goes to the full methods (_acquire/_release).
+    # argument parsing; anything else goes to the full methods (_acquire/_release). `with`
+    # uses the same two.
     acquire = _core.semlock_acquire
     release = _core.semlock_release
+    __enter__ = _core.semlock_enter
+    __exit__ = _core.semlock_exit
 
     def __new__(cls, kind, value, maxvalue, *, ctx):
         _check_ctx(ctx)

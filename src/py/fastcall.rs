@@ -1,4 +1,5 @@
-//! Raw C-API entry points for the two hottest calls, `Lock.acquire()` and `Lock.release()`:
+//! Raw C-API entry points for the hottest calls, `Lock.acquire()` and `Lock.release()` (and
+//! `with lock:`, which is the same two):
 //! method descriptors whose fast path (a semaphore-kind lock with a unit free, called without
 //! arguments) is one CAS and no argument parsing, and which hand every other case to the full
 //! PyO3 methods (`_acquire`, `_release`), so behaviour is defined in one place. An uncontended
@@ -99,9 +100,28 @@ unsafe extern "C" fn release(
     }
 }
 
+/// `with lock:` — `__enter__` is `acquire()`.
+unsafe extern "C" fn enter(
+    slf: *mut ffi::PyObject,
+    _unused: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: a `METH_NOARGS` call is `acquire()` called without arguments.
+    unsafe { acquire(slf, ptr::null(), 0, ptr::null_mut()) }
+}
+
+/// `__exit__(*exc_info)` is `release()`, whatever the arguments.
+unsafe extern "C" fn exit(
+    slf: *mut ffi::PyObject,
+    _args: *mut *mut ffi::PyObject,
+    _nargs: ffi::Py_ssize_t,
+) -> *mut ffi::PyObject {
+    // SAFETY: `release` ignores its second argument.
+    unsafe { release(slf, ptr::null_mut()) }
+}
+
 /// `PyMethodDef`s must outlive every descriptor made from them: statics. They hold raw
 /// pointers, hence the wrapper.
-struct Defs([ffi::PyMethodDef; 2]);
+struct Defs([ffi::PyMethodDef; 4]);
 // SAFETY: the definitions are never mutated after initialisation and only read by CPython.
 unsafe impl Sync for Defs {}
 
@@ -122,14 +142,35 @@ static DEFS: Defs = Defs([
         ml_flags: ffi::METH_NOARGS,
         ml_doc: c"release()\n--\n\nRelease the semaphore/lock.".as_ptr(),
     },
+    ffi::PyMethodDef {
+        ml_name: c"__enter__".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer { PyCFunction: enter },
+        ml_flags: ffi::METH_NOARGS,
+        ml_doc: c"Enter the semaphore/lock (acquire it).".as_ptr(),
+    },
+    ffi::PyMethodDef {
+        ml_name: c"__exit__".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer {
+            PyCFunctionFast: exit,
+        },
+        ml_flags: ffi::METH_FASTCALL,
+        ml_doc: c"Exit the semaphore/lock (release it).".as_ptr(),
+    },
 ]);
 
-/// Adds `_core.semlock_acquire` and `_core.semlock_release`: method descriptors of
-/// `SemLock` that `rmp.synchronize.SemLock` installs as its `acquire`/`release`.
+/// Adds `_core.semlock_acquire`, `semlock_release`, `semlock_enter` and `semlock_exit`:
+/// method descriptors of `SemLock` that `rmp.synchronize.SemLock` installs as its `acquire`,
+/// `release`, `__enter__` and `__exit__`.
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     let ty = py.get_type::<CoreSemLock>();
-    for (def, name) in DEFS.0.iter().zip(["semlock_acquire", "semlock_release"]) {
+    let names = [
+        "semlock_acquire",
+        "semlock_release",
+        "semlock_enter",
+        "semlock_exit",
+    ];
+    for (def, name) in DEFS.0.iter().zip(names) {
         // SAFETY: `ty` is a live type object and `def` a 'static method definition; the
         // call returns a new reference or NULL with an exception set.
         let descr = unsafe {
