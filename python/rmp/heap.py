@@ -129,7 +129,6 @@ class Heap:
         self._next = 0  # first free offset in it
         self._free = {}  # rounded size -> [(arena, start)]
         self._arenas = []  # arenas holding live or free small blocks
-        self._n_allocated = 0
         self._generation = 0  # forks of this process so far (see the class comment)
 
     def _reinit_after_fork(self):
@@ -156,7 +155,6 @@ class Heap:
             self._reinit_after_fork()
         rounded = _roundup(max(size, 1), ALIGNMENT)
         with self._lock:
-            self._n_allocated += 1
             if rounded > self._arena_size // 2:
                 arena = self._new_arena(_roundup(rounded, mmap.PAGESIZE))
                 return (arena, 0, rounded)
@@ -181,7 +179,6 @@ class Heap:
             return
         (arena, start, stop), generation, shared = info
         with self._lock:
-            self._n_allocated -= 1
             if arena.size != self._arena_size or arena not in self._arenas:
                 # A dedicated arena: dropping the last reference unmaps it (in this process;
                 # a child that mapped it keeps its own mapping).

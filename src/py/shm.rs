@@ -2,6 +2,7 @@
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::raw::c_int;
+use std::ptr::NonNull;
 use std::sync::atomic::AtomicU32;
 
 use pyo3::exceptions::PyValueError;
@@ -25,17 +26,29 @@ impl Segment {
         &self.inner
     }
 
-    fn word(&self, offset: usize) -> PyResult<&AtomicU32> {
-        let end = offset.checked_add(4);
-        if offset % 4 != 0 || end.is_none_or(|e| e > self.inner.len()) {
-            return Err(PyValueError::new_err(
-                "offset must be 4-aligned and inside the segment",
-            ));
+    /// A pointer to a `T` at `offset`, checked to lie inside the mapping and to be aligned
+    /// for `T` (at least 8: every shared state is laid out for 8-byte atomics).
+    pub(crate) fn ptr_at<T>(&self, offset: usize) -> PyResult<NonNull<T>> {
+        let size = std::mem::size_of::<T>();
+        let align = std::mem::align_of::<T>().max(std::mem::align_of::<u64>());
+        let fits = offset
+            .checked_add(size)
+            .is_some_and(|end| end <= self.inner.len());
+        if offset % align != 0 || !fits {
+            return Err(PyValueError::new_err(format!(
+                "offset {offset} is not an {align}-aligned slot of {size} bytes inside the segment"
+            )));
         }
-        // SAFETY: the word lies inside the live mapping (checked above), is 4-aligned (mmap
-        // returns page-aligned memory and offset % 4 == 0), and is only accessed atomically;
-        // the reference does not outlive `self`, which owns the mapping.
-        Ok(unsafe { &*self.inner.as_ptr().as_ptr().add(offset).cast::<AtomicU32>() })
+        // SAFETY: in bounds (checked) of a live page-aligned mapping, hence non-null and
+        // aligned for `T`.
+        Ok(unsafe { NonNull::new_unchecked(self.inner.as_ptr().as_ptr().add(offset).cast()) })
+    }
+
+    fn word(&self, offset: usize) -> PyResult<&AtomicU32> {
+        let ptr = self.ptr_at::<AtomicU32>(offset)?;
+        // SAFETY: `ptr_at` checked bounds and alignment; the word is only accessed
+        // atomically, and the reference does not outlive `self`, which owns the mapping.
+        Ok(unsafe { ptr.as_ref() })
     }
 }
 

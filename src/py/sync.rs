@@ -13,7 +13,7 @@ use super::{deadline, wait_detached};
 use crate::sync::barrier::{Arrival, BarrierState, Passage};
 use crate::sync::condition::{CondState, Ticket, SLOTS};
 use crate::sync::event::EventState;
-use crate::sync::semaphore::{Acquired, Kind, ReleaseError, SemState};
+use crate::sync::semaphore::{Acquired, Kind, SemState};
 use crate::sync::Me;
 pub(crate) use SemLock as CoreSemLock;
 
@@ -35,20 +35,7 @@ unsafe impl<T> Sync for Slot<T> {}
 
 impl<T> Slot<T> {
     fn new(seg: Py<Segment>, offset: usize) -> PyResult<Self> {
-        let core = seg.get().core();
-        let size = std::mem::size_of::<T>();
-        let align = std::mem::align_of::<T>().max(8);
-        let fits = offset
-            .checked_add(size)
-            .is_some_and(|end| end <= core.len());
-        if offset % align != 0 || !fits {
-            return Err(PyValueError::new_err(format!(
-                "offset {offset} is not an {align}-aligned slot of {size} bytes inside the segment"
-            )));
-        }
-        // SAFETY: in bounds (checked) of a live page-aligned mapping, hence non-null and
-        // aligned for `T`.
-        let ptr = unsafe { NonNull::new_unchecked(core.as_ptr().as_ptr().add(offset).cast()) };
+        let ptr = seg.get().ptr_at::<T>(offset)?;
         Ok(Slot { seg, ptr })
     }
 
@@ -130,9 +117,9 @@ impl SemLock {
         }
     }
 
-    /// The uncontended `acquire()`: a semaphore-kind lock with a unit free (one CAS), or a
-    /// mutex that is free or already the caller's. False: take the full path (`acquire`),
-    /// which decides.
+    /// The uncontended `acquire()`: a semaphore-kind lock with a unit free (one CAS, no
+    /// thread identity needed), or a mutex that is free or already the caller's. False: take
+    /// the waiting path (`acquire`).
     pub(crate) fn try_acquire_fast(&self) -> bool {
         let st = self.state();
         if self.kind == SEMAPHORE {
@@ -155,7 +142,7 @@ impl SemLock {
     }
 
     /// A `release()` that succeeds: a semaphore below its bound, or a mutex the caller
-    /// holds. False: take the full path (`release`), which decides (and raises).
+    /// holds. False: nothing was released (`release` raises the stdlib's error).
     pub(crate) fn try_release_fast(&self) -> bool {
         let st = self.state();
         let c = self.count.load(Ordering::Relaxed);
@@ -235,21 +222,11 @@ impl SemLock {
         block: bool,
         timeout: Option<f64>,
     ) -> PyResult<bool> {
+        if self.try_acquire_fast() {
+            return Ok(true);
+        }
         let st = self.state();
-        if self.kind == SEMAPHORE && st.try_take_unit() {
-            // The uncontended fast path: one CAS, no thread identity needed.
-            self.took();
-            return Ok(true);
-        }
         let me = Me::current();
-        if self.kind == RECURSIVE_MUTEX && st.held_by(&me) {
-            self.took();
-            return Ok(true);
-        }
-        if self.kind == RECURSIVE_MUTEX && st.try_lock(&me) {
-            self.took_mutex();
-            return Ok(true);
-        }
         if !block {
             return Ok(false);
         }
@@ -295,40 +272,16 @@ impl SemLock {
     /// Releases one unit; a mutex must be held by the calling thread.
     #[pyo3(name = "_release")]
     pub(crate) fn release(&self) -> PyResult<()> {
-        let st = self.state();
-        let me = if self.kind == RECURSIVE_MUTEX {
-            let me = Me::current();
-            if !st.held_by(&me) {
-                return Err(PyAssertionError::new_err(
-                    "attempt to release recursive lock not owned by thread",
-                ));
-            }
-            let c = self.count.load(Ordering::Relaxed);
-            if c > 1 {
-                self.count.store(c - 1, Ordering::Relaxed);
-                return Ok(());
-            }
-            me
-        } else {
-            // A semaphore unit has no owner: the releaser's identity is not needed.
-            Me {
-                pid: 0,
-                tid: 0,
-                start: 0,
-            }
-        };
-        match st.release(&me) {
-            Ok(()) => {
-                let c = self.count.load(Ordering::Relaxed);
-                self.count.store(c.saturating_sub(1), Ordering::Relaxed);
-                Ok(())
-            }
-            Err(ReleaseError::TooManyReleases) => Err(PyValueError::new_err(
-                "semaphore or lock released too many times",
-            )),
-            Err(ReleaseError::NotOwner) => Err(PyAssertionError::new_err(
+        if self.try_release_fast() {
+            Ok(())
+        } else if self.kind == RECURSIVE_MUTEX {
+            Err(PyAssertionError::new_err(
                 "attempt to release recursive lock not owned by thread",
-            )),
+            ))
+        } else {
+            Err(PyValueError::new_err(
+                "semaphore or lock released too many times",
+            ))
         }
     }
 
