@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from multiprocessing import resource_tracker as _std_resource_tracker
 
 from . import _core, forkserver, popen_fork, spawn, util
@@ -31,6 +32,7 @@ class Popen(popen_fork.Popen):
 
     def __init__(self, process_obj):
         self._fds = []
+        self._collect_lock = threading.Lock()
         self._conn = None
         super().__init__(process_obj)
 
@@ -48,15 +50,19 @@ class Popen(popen_fork.Popen):
         self.finalizer = util.Finalize(self, _release, (self._handle, self._conn))
 
     def _collect(self):
-        # The child has exited; the server sends its status once it has reaped it.
-        if self.returncode is None and self._conn is not None:
-            conn = self._conn
-            conn.setblocking(True)
-            try:
-                rc = forkserver.read_status(conn)
-            except OSError:
-                rc = None
-            self.returncode = 255 if rc is None else rc
+        # The child has exited; the server sends its status once it has reaped it. Two
+        # threads may get here at once (``join`` in one, ``active_children``'s clean-up in
+        # another): the status is read exactly once, under the lock, and the other waits
+        # for it (reading again would see the end of the stream and report 255).
+        with self._collect_lock:
+            if self.returncode is None and self._conn is not None:
+                conn = self._conn
+                conn.setblocking(True)
+                try:
+                    rc = forkserver.read_status(conn)
+                except OSError:
+                    rc = None
+                self.returncode = 255 if rc is None else rc
         return self.returncode
 
     def poll(self, flag=os.WNOHANG):
