@@ -91,17 +91,21 @@ def test_get_releases_the_gil():
         q.close()
 
 
+def _small_simple_queue():
+    """A SimpleQueue whose ring holds little, filled up (its next put has to wait)."""
+    q = rmp.queues.SimpleQueue(ctx=rmp.get_context(), capacity=256)
+    n = 0
+    while q._chan.put(1, b"f" * 40, False, None, False) == 0:
+        n += 1
+    return q, n
+
+
 @pytest.mark.parametrize("call", ["get", "put_full"])
 def test_sigint_interrupts_blocking_calls(call):
-    q = rmp.SimpleQueue()
     if call == "put_full":
-        os.set_blocking(q._writer.fileno(), False)
-        try:  # fill the pipe, so that the next put has to wait for room
-            while True:
-                os.write(q._writer.fileno(), b"\0" * 65536)
-        except BlockingIOError:
-            pass
-        os.set_blocking(q._writer.fileno(), True)
+        q, n = _small_simple_queue()
+    else:
+        q, n = rmp.SimpleQueue(), 0
     timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
     timer.start()
     try:
@@ -109,13 +113,45 @@ def test_sigint_interrupts_blocking_calls(call):
             if call == "get":
                 q.get()
             else:
-                q.put(b"x")
-        # The locks were released on the way out: the queue still works.
-        assert q._rlock.acquire(timeout=1) and q._wlock.acquire(timeout=1)
-        q._rlock.release()
-        q._wlock.release()
+                q.put(b"x" * 40)
+        # Nothing was half done on the way out: the queue still works.
+        assert [q.get() for _ in range(n)] == [b"f" * 40] * n
+        q.put("after")
+        assert q.get() == "after" and q.empty()
     finally:
         timer.join()
+        q.close()
+
+
+def test_full_simple_queue_put_waits_without_the_gil():
+    q, n = _small_simple_queue()
+    try:
+        threading.Timer(0.3, q.get).start()
+        result, counted = run_counting_other_thread(lambda: q.put(b"l" * 40))
+        assert result is None and counted > 1000
+        got = [q.get() for _ in range(n)]
+        assert got[-1] == b"l" * 40 and got[:-1] == [b"f" * 40] * (n - 1)
+    finally:
+        q.close()
+
+
+def test_simple_queue_reader_is_an_eventfd_readable_exactly_while_a_message_waits():
+    import multiprocessing.connection as std_connection
+
+    q = rmp.SimpleQueue()
+    try:
+        q.put("before the reader was asked for")
+        r = q._reader
+        assert std_connection.wait([r], timeout=0) == [r]
+        assert r.recv() == "before the reader was asked for"
+        assert std_connection.wait([r], timeout=0) == []
+        assert not r.poll()
+        for i in range(3):
+            q.put(i)
+        assert r.poll(0) and std_connection.wait([r], timeout=0) == [r]
+        assert [r.recv() for _ in range(3)] == [0, 1, 2]
+        assert std_connection.wait([r], timeout=0.05) == []
+    finally:
         q.close()
 
 

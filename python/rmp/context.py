@@ -85,6 +85,18 @@ class BaseContext:
 
         return Barrier(parties, action, timeout, ctx=self.get_context())
 
+    def Queue(self, maxsize=0):
+        """A queue shared between processes (a shared-memory ring with a Rust feeder)."""
+        from .queues import Queue
+
+        return Queue(maxsize, ctx=self.get_context())
+
+    def JoinableQueue(self, maxsize=0):
+        """A queue with ``task_done()`` and ``join()``, shared between processes."""
+        from .queues import JoinableQueue
+
+        return JoinableQueue(maxsize, ctx=self.get_context())
+
     def SimpleQueue(self):
         """A simplified queue shared between processes."""
         from .queues import SimpleQueue

@@ -1,31 +1,497 @@
 """``rmp.queues``: process-shared queues, mirroring CPython's ``multiprocessing.queues``.
 
-Today this module has ``SimpleQueue``: a pipe of rmp connections (Rust framing, one ``writev``
-per message, waits outside the interpreter) guarded by two rmp locks, with the stdlib's
-semantics: objects are pickled in ``put()`` on the caller's thread, so an unpicklable object
-raises there; ``get()`` blocks until a message arrives; ``_reader`` is a connection that polls
-readable exactly while a message waits, which ``concurrent.futures.ProcessPoolExecutor``
-relies on. ``Queue`` and ``JoinableQueue`` (a shared-memory ring with a Rust feeder thread)
-come with the queue work; until then they are absent, never stubs.
+``Queue``, ``JoinableQueue`` and ``SimpleQueue`` share one design (``rmp._core.Channel``): a
+many-producer many-consumer byte ring in an anonymous shared-memory segment, with futex waits
+for not-empty / not-full, and a message becomes visible only once committed whole, so a
+process killed mid-``put`` or mid-``get`` costs at most its own message.
+
+- Objects are pickled in ``put()`` on the caller's thread: an unpicklable object raises there
+  (the stdlib raises in its feeder thread and loses the message). A subclass that overrides
+  ``_on_queue_feeder_error`` (as ``concurrent.futures`` does) gets the stdlib's behaviour
+  instead: the hook is called and ``put()`` returns.
+- A ``put()`` that finds the ring full hands the bytes to a Rust feeder thread of this process
+  (no interpreter lock, signals blocked), which moves them in as room appears, so ``put()`` on
+  an unbounded queue never blocks, as in the stdlib. Later puts queue behind that backlog
+  (FIFO per producer). A forked child starts without the backlog, as in the stdlib.
+- ``bytes``/``bytearray`` skip pickling; objects that pickle protocol 5 passes out of band
+  (numpy arrays) travel as raw buffers. A message larger than half the ring travels in a memfd
+  of its own whose descriptor goes over an ``SCM_RIGHTS`` socket created with the queue, so
+  it is copied once in and (for ``bytes``) once out; an out-of-band buffer is not copied out
+  at all: the array received is backed by that memfd.
+- Extras (additions only): ``put_many``, ``get_many``, ``shutdown(immediate=False)`` with
+  ``queue.Queue.shutdown``'s semantics (3.13), raising ``queue.ShutDown`` where the running
+  Python has it and ``rmp.queues.ShutDown`` otherwise, and a ``capacity=`` keyword (bytes of
+  the ring, default 1 MiB).
 """
 
+import copyreg
+import io
+import os
+import pickle
+import struct
+import threading
 import types
+from queue import Empty, Full
 
-from . import connection, context
-from .reduction import ForkingPickler
+from . import _core, context
+from .reduction import DupFd, ForkingPickler
+from .util import Finalize, debug, register_after_fork
 
-__all__ = ["SimpleQueue"]
+try:
+    from queue import ShutDown
+except ImportError:  # Python < 3.13
+
+    class ShutDown(Exception):
+        """Raised when ``put``/``get`` is called on a queue that was shut down."""
+
+
+__all__ = ["Queue", "SimpleQueue", "JoinableQueue", "ShutDown"]
+
+#: Bytes of a queue's ring unless ``capacity=`` says otherwise.
+DEFAULT_CAPACITY = 1 << 20
+_UNBOUNDED = 0xFFFFFFFF
+# The stdlib's "no limit" (multiprocessing.synchronize.SEM_VALUE_MAX).
+_SEM_VALUE_MAX = 2147483647
+
+# Message tags (the binding returns tags with bit 0x80 as a writable bytearray).
+_PICKLE = 0
+_BYTES = 1
+_BYTEARRAY = 0x81
+_OOB = 0x82  # pickle protocol 5 with out-of-band buffers: header, pickle, buffers
+# Buffers smaller than this stay in band (framing them costs more than it saves).
+_OOB_MIN = 16 * 1024
+_ALIGN = 64
+
+_OK, _FULL, _SHUT = 0, 1, 2
+_loads = ForkingPickler.loads
+
+
+def _capacity(capacity):
+    if capacity is None:
+        return DEFAULT_CAPACITY
+    capacity = int(capacity)
+    if capacity < 64 or capacity & (capacity - 1) or capacity >= 1 << 31:
+        raise ValueError("capacity must be a power of two between 64 and 2**30, not %r" % capacity)
+    return capacity
+
+
+class _Encoder:
+    """A pickler kept per thread and reused for every message: building a ``ForkingPickler``
+    copies the whole reducer table, which costs more than pickling a small object. Its
+    reducer table is refreshed when ``copyreg`` or ``ForkingPickler.register`` grew."""
+
+    __slots__ = ("buf", "buffers", "pickler", "key", "busy")
+
+    def __init__(self):
+        self.buf = io.BytesIO()
+        self.buffers = []
+        self.pickler = ForkingPickler(self.buf, 5, True, self._keep_big)
+        self.key = None
+        self.busy = False
+
+    def _keep_big(self, pb):
+        try:
+            raw = pb.raw()
+        except BufferError:  # not contiguous: in band
+            return True
+        if raw.nbytes < _OOB_MIN:
+            return True
+        self.buffers.append(raw)
+        return False
+
+    def encode(self, obj):
+        """``(tag, data)`` for ``obj``: data is bytes-like or a list of bytes-like parts."""
+        cls = obj.__class__
+        if cls is bytes:
+            return _BYTES, obj
+        if cls is bytearray:
+            return _BYTEARRAY, obj
+        if self.busy:  # re-entered from a __reduce__: use a fresh pickler
+            return _Encoder().encode(obj)
+        key = (len(copyreg.dispatch_table), len(ForkingPickler._extra_reducers))
+        if key != self.key:
+            table = dict(copyreg.dispatch_table)
+            table.update(ForkingPickler._extra_reducers)
+            self.pickler.dispatch_table = table
+            self.key = key
+        buf = self.buf
+        self.busy = True
+        try:
+            buf.seek(0)
+            buf.truncate()
+            self.pickler.clear_memo()
+            self.pickler.dump(obj)
+        finally:
+            self.busy = False
+        buffers = self.buffers
+        if not buffers:
+            return _PICKLE, buf.getvalue()
+        self.buffers = []
+        return _OOB, _frame(buf.getvalue(), buffers)
+
+
+def _frame(data, buffers):
+    """The parts of an out-of-band message. Header: the buffer count, then (offset, length)
+    of the pickle and of each buffer, offsets 64-aligned so that arrays come back aligned."""
+    n = len(buffers)
+    parts = [None]
+    spans = []
+    pos = 4 + 16 * (n + 1)
+    for part in [memoryview(data)] + buffers:
+        pad = -pos % _ALIGN
+        if pad:
+            parts.append(bytes(pad))
+            pos += pad
+        spans.append((pos, part.nbytes))
+        parts.append(part)
+        pos += part.nbytes
+    parts[0] = struct.pack("<I%dQ" % (2 * (n + 1)), n, *[x for s in spans for x in s])
+    return parts
+
+
+_local = threading.local()
+
+
+def _encode(obj):
+    cls = obj.__class__
+    if cls is bytes:
+        return _BYTES, obj
+    if cls is bytearray:
+        return _BYTEARRAY, obj
+    try:
+        enc = _local.encoder
+    except AttributeError:
+        enc = _local.encoder = _Encoder()
+    return enc.encode(obj)
+
+
+def _decode(tag, data):
+    if tag == _PICKLE:
+        return _loads(data)
+    if tag == _BYTES:
+        return data if data.__class__ is bytes else bytes(memoryview(data))
+    if tag == _BYTEARRAY:
+        return data if data.__class__ is bytearray else bytearray(memoryview(data))
+    if tag == _OOB:
+        mv = memoryview(data)
+        (n,) = struct.unpack_from("<I", mv)
+        spans = struct.unpack_from("<%dQ" % (2 * (n + 1)), mv, 4)
+        views = [mv[spans[2 * i] : spans[2 * i] + spans[2 * i + 1]] for i in range(n + 1)]
+        return pickle.loads(views[0], buffers=views[1:])
+    raise ValueError("unknown queue message tag %r" % tag)
+
+
+def _channel_state(chan):
+    seg, send, recv, ev = chan.fds()
+    return (
+        chan.capacity,
+        DupFd(seg),
+        DupFd(send),
+        DupFd(recv),
+        None if ev is None else DupFd(ev),
+    )
+
+
+def _open_channel(state):
+    capacity, seg, send, recv, ev = state
+    return _core.Channel.open(
+        seg.detach(), capacity, send.detach(), recv.detach(), None if ev is None else ev.detach()
+    )
+
+
+# ---------------------------------------------------------------- exit flush
+
+_exit_join_pid = None
+
+
+def _join_feeders_at_exit():
+    debug("joining queue feeders")
+    _core.join_feeders()
+
+
+def _register_exit_join():
+    """Once per process: at exit, wait until every feeder of this process has moved its
+    backlog into its ring (as the stdlib joins its feeder threads), except the queues whose
+    ``cancel_join_thread()`` was called."""
+    global _exit_join_pid
+    if _exit_join_pid != os.getpid():
+        _exit_join_pid = os.getpid()
+        Finalize(None, _join_feeders_at_exit, exitpriority=-5)
+
+
+class Queue:
+    """A process-shared FIFO queue (``multiprocessing.Queue``)."""
+
+    def __init__(self, maxsize=0, *, ctx, capacity=None):
+        if maxsize <= 0:
+            maxsize = _SEM_VALUE_MAX
+        self._maxsize = maxsize
+        limit = _UNBOUNDED if maxsize >= _SEM_VALUE_MAX else min(maxsize, _UNBOUNDED - 1)
+        self._chan = _core.Channel(_capacity(capacity), limit)
+        self._opid = os.getpid()
+        # For use by concurrent.futures (kept for compatibility; no pipe to break here).
+        self._ignore_epipe = False
+        self._reset()
+        register_after_fork(self, Queue._after_fork)
+
+    def __getstate__(self):
+        context.assert_spawning(self)
+        return (self._ignore_epipe, self._maxsize, _channel_state(self._chan), self._opid)
+
+    def __setstate__(self, state):
+        self._ignore_epipe, self._maxsize, chan, self._opid = state
+        self._chan = _open_channel(chan)
+        self._reset()
+
+    def _after_fork(self):
+        debug("Queue._after_fork()")
+        # The channel drops the parent's backlog by itself (its feeder is keyed by pid).
+        self._reset()
+
+    def _reset(self):
+        self._closed = False
+        self._joincancelled = False
+        self._feeding = False
+        self._custom_errors = type(self)._on_queue_feeder_error is not Queue._on_queue_feeder_error
+
+    def __repr__(self):
+        return "<%s.%s object at %#x>" % (type(self).__module__, type(self).__qualname__, id(self))
+
+    def _encode(self, obj):
+        try:
+            return _encode(obj)
+        except Exception as e:
+            if not self._custom_errors:
+                raise
+            self._on_queue_feeder_error(e, obj)
+            return None
+
+    def _started_feeding(self):
+        self._feeding = True
+        if not self._joincancelled:
+            _register_exit_join()
+
+    def put(self, obj, block=True, timeout=None):
+        """Put ``obj`` on the queue (pickled here: a pickling error raises here)."""
+        if self._closed:
+            raise ValueError(f"Queue {self!r} is closed")
+        msg = self._encode(obj)
+        if msg is None:
+            return
+        r = self._chan.put(msg[0], msg[1], block, timeout)
+        if r:
+            raise Full if r == _FULL else ShutDown
+        if not self._feeding and self._chan.pending():
+            self._started_feeding()
+
+    def put_many(self, objs, block=True, timeout=None):
+        """Put every object of the iterable ``objs``, in order (an rmp extra). Each is pickled
+        first, so nothing is put if one cannot be. On a bounded queue that stays full, raises
+        ``queue.Full`` after putting as many as fitted in time."""
+        if self._closed:
+            raise ValueError(f"Queue {self!r} is closed")
+        tags = []
+        datas = []
+        for obj in objs:
+            msg = self._encode(obj)
+            if msg is not None:
+                tags.append(msg[0])
+                datas.append(msg[1])
+        self._put_encoded(tags, datas, block, timeout)
+
+    def _put_encoded(self, tags, datas, block, timeout):
+        done, r = self._chan.put_many(tags, datas, block, timeout)
+        if not self._feeding and self._chan.pending():
+            self._started_feeding()
+        if r:
+            raise Full if r == _FULL else ShutDown
+        return done
+
+    def get(self, block=True, timeout=None):
+        """Remove and return the oldest object (``queue.Empty`` if none comes in time)."""
+        if self._closed:
+            raise ValueError(f"Queue {self!r} is closed")
+        r = self._chan.get(block, timeout)
+        if r.__class__ is tuple:
+            return _decode(*r)
+        raise Empty if r == _FULL else ShutDown
+
+    def get_many(self, max_items, block=True, timeout=None):
+        """Remove and return a list of up to ``max_items`` objects (an rmp extra): waits for
+        the first as ``get`` does, then takes what is already there without waiting."""
+        if self._closed:
+            raise ValueError(f"Queue {self!r} is closed")
+        if max_items < 1:
+            raise ValueError("max_items must be at least 1")
+        r = self._chan.get_many(max_items, block, timeout)
+        if r.__class__ is list:
+            return [_decode(t, d) for t, d in r]
+        raise Empty if r == _FULL else ShutDown
+
+    def qsize(self):
+        """Approximate number of objects in the queue."""
+        return self._chan.qsize()
+
+    def empty(self):
+        """Whether the queue is empty (approximate, as in the stdlib)."""
+        return self._chan.ring_len() == 0
+
+    def full(self):
+        """Whether the queue is full (approximate, as in the stdlib)."""
+        return self._chan.qsize() >= self._maxsize
+
+    def get_nowait(self):
+        return self.get(False)
+
+    def put_nowait(self, obj):
+        return self.put(obj, False)
+
+    def close(self):
+        """Indicate that this process will put no more data on this queue; its feeder exits
+        once its backlog is in the ring."""
+        self._closed = True
+        self._chan.close_feeder()
+
+    def join_thread(self):
+        """Wait until this process's backlog is in the ring (after ``close()``)."""
+        debug("Queue.join_thread()")
+        assert self._closed, f"Queue {self!r} not closed"
+        if not self._joincancelled:
+            self._chan.join_feeder()
+
+    def cancel_join_thread(self):
+        """Do not wait for this process's backlog at exit (it may be lost)."""
+        debug("Queue.cancel_join_thread()")
+        self._joincancelled = True
+        self._chan.cancel_exit_join()
+
+    def shutdown(self, immediate=False):
+        """Shut the queue down for every process (``queue.Queue.shutdown``, 3.13): puts raise
+        ``ShutDown``; gets raise it once the queue is empty, or at once with ``immediate``,
+        which also drops what the queue holds (each dropped item counts as a task done)."""
+        self._chan.shutdown(bool(immediate))
+
+    @property
+    def is_shutdown(self):
+        """Whether ``shutdown()`` was called (by any process)."""
+        return self._chan.shutdown_state != 0
+
+    @staticmethod
+    def _on_queue_feeder_error(e, obj):
+        """Hook called with the error and the object when pickling fails in ``put()``, if a
+        subclass overrides it (``concurrent.futures`` does); otherwise the error raises."""
+        import traceback
+
+        traceback.print_exc()
+
+    __class_getitem__ = classmethod(types.GenericAlias)
+
+
+class JoinableQueue(Queue):
+    """A ``Queue`` with ``task_done()`` and ``join()``; the unfinished-task count lives in
+    the shared ring header, and ``join()`` sleeps on it (a futex)."""
+
+    def put(self, obj, block=True, timeout=None):
+        if self._closed:
+            raise ValueError(f"Queue {self!r} is closed")
+        msg = self._encode(obj)
+        if msg is None:
+            return
+        chan = self._chan
+        # Counted before the message can be taken, so a fast consumer's task_done() finds it.
+        chan.task_added()
+        try:
+            r = chan.put(msg[0], msg[1], block, timeout)
+        except BaseException:
+            chan.tasks_done(1)
+            raise
+        if r:
+            chan.tasks_done(1)
+            raise Full if r == _FULL else ShutDown
+        if not self._feeding and chan.pending():
+            self._started_feeding()
+
+    def put_many(self, objs, block=True, timeout=None):
+        if self._closed:
+            raise ValueError(f"Queue {self!r} is closed")
+        tags = []
+        datas = []
+        for obj in objs:
+            msg = self._encode(obj)
+            if msg is not None:
+                tags.append(msg[0])
+                datas.append(msg[1])
+        chan = self._chan
+        for _ in tags:
+            chan.task_added()
+        done = 0
+        try:
+            done = self._put_encoded(tags, datas, block, timeout)
+        finally:
+            # The ones not put are not tasks.
+            if len(tags) - done:
+                chan.tasks_done(len(tags) - done)
+
+    def _put_encoded(self, tags, datas, block, timeout):
+        done, r = self._chan.put_many(tags, datas, block, timeout)
+        if not self._feeding and self._chan.pending():
+            self._started_feeding()
+        if r:
+            self._chan.tasks_done(len(tags) - done)
+            tags.clear()  # the caller's clean-up has nothing left to undo
+            raise Full if r == _FULL else ShutDown
+        return done
+
+    def task_done(self):
+        """Indicate that a formerly enqueued task is complete."""
+        if not self._chan.tasks_done(1):
+            raise ValueError("task_done() called too many times")
+
+    def join(self):
+        """Block until every item put has been gotten and marked done."""
+        self._chan.join()
+
+
+class _End:
+    """``SimpleQueue._reader``/``_writer``: what ``concurrent.futures`` touches of the stdlib's
+    pipe connections. The reader's ``fileno()`` is an eventfd that polls readable exactly
+    while a message waits, and ``recv()`` removes and unpickles one."""
+
+    def __init__(self, queue):
+        self._queue = queue
+        self.closed = False
+
+    def close(self):
+        self.closed = True
+
+    def fileno(self):
+        if self.closed:
+            raise OSError("handle is closed")
+        return self._queue._chan.arm_eventfd()
+
+    def poll(self, timeout=0.0):
+        if self.closed:
+            raise OSError("handle is closed")
+        return self._queue._chan.poll(timeout)
+
+    def recv(self):
+        return self._queue.get()
+
+    def send(self, obj):
+        self._queue.put(obj)
+
+    def __reduce__(self):
+        raise TypeError("%s cannot be pickled" % type(self).__name__)
 
 
 class SimpleQueue:
-    """A simplified queue: ``put``, ``get``, ``empty``, ``close``; no size, no feeder
-    thread (``put`` writes at once, and may block while the pipe is full)."""
+    """A simplified queue (``multiprocessing.SimpleQueue``): ``put``, ``get``, ``empty``,
+    ``close``; no size and no feeder thread (``put`` waits while the ring is full)."""
 
-    def __init__(self, *, ctx):
-        self._reader, self._writer = connection.Pipe(duplex=False)
-        self._rlock = ctx.Lock()
-        self._wlock = ctx.Lock()
-        self._poll = self._reader.poll
+    def __init__(self, *, ctx, capacity=None):
+        self._chan = _core.Channel(_capacity(capacity), _UNBOUNDED, True)
+        self._reader = _End(self)
+        self._writer = _End(self)
 
     def close(self):
         """Close both ends (in this process)."""
@@ -34,27 +500,34 @@ class SimpleQueue:
 
     def empty(self):
         """Whether no message waits now."""
-        return not self._poll()
+        if self._reader.closed:
+            raise OSError("handle is closed")
+        return self._chan.ring_len() == 0
 
     def __getstate__(self):
         context.assert_spawning(self)
-        return (self._reader, self._writer, self._rlock, self._wlock)
+        return _channel_state(self._chan)
 
     def __setstate__(self, state):
-        self._reader, self._writer, self._rlock, self._wlock = state
-        self._poll = self._reader.poll
+        self._chan = _open_channel(state)
+        self._reader = _End(self)
+        self._writer = _End(self)
 
     def get(self):
         """Remove and return the next object, waiting for one."""
-        with self._rlock:
-            data = self._reader.recv_bytes()
-        # Unpickle after releasing the lock: another reader may proceed meanwhile.
-        return ForkingPickler.loads(data)
+        if self._reader.closed:
+            raise OSError("handle is closed")
+        r = self._chan.get(True, None)
+        if r.__class__ is tuple:
+            return _decode(*r)
+        raise ShutDown
 
     def put(self, obj):
-        """Put ``obj`` on the queue (pickled here, before taking the lock)."""
-        data = ForkingPickler.dumps(obj)
-        with self._wlock:
-            self._writer.send_bytes(data)
+        """Put ``obj`` on the queue (pickled here, on the caller's thread)."""
+        if self._writer.closed:
+            raise OSError("handle is closed")
+        tag, data = _encode(obj)
+        if self._chan.put(tag, data, True, None, False):
+            raise ShutDown
 
     __class_getitem__ = classmethod(types.GenericAlias)

@@ -1,154 +1,677 @@
-//! Binding for `crate::queue`: `Ring`, the shared byte ring under rmp's queues. Blocking
-//! calls wait detached in slices (`super::wait_detached`) and answer Ctrl-C.
+//! Binding for `crate::queue`: `Channel`, the shared ring (with its side socket, eventfd and
+//! this process's feeder) under every rmp queue. Python pickles; this layer moves bytes.
+//! Blocking calls wait detached in slices (`super::wait_detached`) and answer Ctrl-C.
+//!
+//! Results of `put`/`get` are small ints or values rather than exceptions, so the Python
+//! layer raises the stdlib's own `queue.Full`/`queue.Empty`/`ShutDown` with its messages.
 
-use std::ptr::NonNull;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::time::Instant;
 
+use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyValueError;
+use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyList, PyTuple};
 
 use super::shm::Segment;
 use super::{deadline, wait_detached};
 use crate::errors::Error;
-use crate::queue::{segment_size, Push, Ring as CoreRing};
+use crate::queue::channel::{Channel as CoreChannel, Large};
+use crate::queue::feeder::{FeederSlot, Pending};
+use crate::queue::{Popped, Push, OPEN, SHUTDOWN_IMMEDIATE};
+use crate::shm::Segment as CoreSegment;
 use crate::sync::Me;
 
-/// A many-producer many-consumer byte ring in a shared segment (offset 0).
-#[pyclass(module = "rmp._core", name = "Ring", frozen)]
-pub struct Ring {
-    /// Keeps the mapping alive.
-    _seg: Py<Segment>,
-    ring: CoreRing,
+/// `put` results.
+const PUT_OK: u8 = 0;
+const PUT_FULL: u8 = 1;
+const PUT_SHUTDOWN: u8 = 2;
+/// `get` results other than a message.
+const GET_EMPTY: u8 = 1;
+const GET_SHUTDOWN: u8 = 2;
+/// A tag with this bit set comes back as a `bytearray` (writable), others as `bytes`.
+const TAG_WRITABLE: u8 = 0x80;
+
+/// One part of a message: a `bytes` object (the common case, read without a buffer export)
+/// or any C-contiguous buffer.
+enum Part<'py> {
+    Bytes(Bound<'py, PyBytes>),
+    Buf(PyBuffer<u8>),
 }
 
-#[pymethods]
-impl Ring {
-    /// Binds the ring at the start of `segment`; with `create`, initialises it first with
-    /// `capacity` data bytes (a power of two ≥ 64) and at most `max_items` messages.
-    #[new]
-    #[pyo3(signature = (segment, capacity, max_items, create))]
-    fn new(segment: Py<Segment>, capacity: u32, max_items: u32, create: bool) -> PyResult<Self> {
-        if !capacity.is_power_of_two() || capacity < 64 {
-            return Err(PyValueError::new_err(format!(
-                "ring capacity must be a power of two >= 64, not {capacity}"
-            )));
+impl Part<'_> {
+    fn extract<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Part<'py>> {
+        if let Ok(b) = obj.cast::<PyBytes>() {
+            return Ok(Part::Bytes(b.clone()));
         }
-        let core = segment.get().core();
-        if core.len() < segment_size(capacity as usize) {
-            return Err(PyValueError::new_err(format!(
-                "a ring of {capacity} bytes needs a segment of {} bytes",
-                segment_size(capacity as usize)
-            )));
+        let buf = PyBuffer::<u8>::get(obj)?;
+        if !buf.is_c_contiguous() {
+            return Err(PyValueError::new_err("message parts must be C-contiguous"));
         }
-        let base: NonNull<u8> = core.as_ptr();
-        // SAFETY: the segment is large enough (checked), page-aligned, and kept alive by
-        // `_seg` for as long as the view exists.
-        let ring = unsafe { CoreRing::from_raw(base) };
-        if create {
-            ring.init(capacity, max_items).map_err(Error::from)?;
-        } else if !ring.check() || ring.capacity() != capacity as usize {
-            return Err(PyValueError::new_err(
-                "no rmp ring of this capacity in the segment",
-            ));
+        Ok(Part::Buf(buf))
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Part::Bytes(b) => b.as_bytes(),
+            // SAFETY: a C-contiguous buffer of `len_bytes` bytes at `buf_ptr`, kept exported
+            // (so neither freed nor resized) while the `PyBuffer` lives, which outlives the
+            // returned slice (borrowed from `self`).
+            Part::Buf(b) => unsafe {
+                std::slice::from_raw_parts(b.buf_ptr().cast::<u8>(), b.len_bytes())
+            },
         }
-        Ok(Ring {
-            _seg: segment,
-            ring,
+    }
+}
+
+fn parts_of<'py>(data: &Bound<'py, PyAny>) -> PyResult<Vec<Part<'py>>> {
+    if let Ok(l) = data.cast::<PyList>() {
+        return l.iter().map(|p| Part::extract(&p)).collect();
+    }
+    if let Ok(t) = data.cast::<PyTuple>() {
+        return t.iter().map(|p| Part::extract(&p)).collect();
+    }
+    Ok(vec![Part::extract(data)?])
+}
+
+/// How a put behaves when there is no room (see `Channel.put`).
+#[derive(Clone, Copy)]
+struct PutMode {
+    block: bool,
+    deadline: Option<Instant>,
+    feed: bool,
+}
+
+/// A queue's shared ring in this process.
+#[pyclass(module = "rmp._core", name = "Channel", frozen)]
+pub struct Channel {
+    chan: Arc<CoreChannel>,
+    feeder: FeederSlot,
+}
+
+impl Channel {
+    fn backlog(&self) -> usize {
+        self.feeder.get().map_or(0, |f| f.pending())
+    }
+
+    fn bounded(&self) -> bool {
+        self.chan.ring().max_items() < u32::MAX as usize
+    }
+
+    /// Whether a message may join this process's backlog now (a bounded queue counts the
+    /// backlog against its size).
+    fn may_backlog(&self) -> bool {
+        !self.bounded() || self.chan.ring().len() + self.backlog() < self.chan.ring().max_items()
+    }
+
+    /// One attempt to commit the message in `parts` (or `large`, made on first need).
+    fn try_put(
+        &self,
+        me: &Me,
+        tag: u8,
+        parts: &[&[u8]],
+        large: &mut Option<Large>,
+    ) -> std::io::Result<Push> {
+        let ring = self.chan.ring();
+        let links = self.chan.links();
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        if total <= ring.max_payload() {
+            return ring.try_push(me, Some(&links), tag, parts);
+        }
+        if large.is_none() {
+            *large = Some(Large::new(parts)?);
+        }
+        let msg = large.as_ref().expect("made above");
+        ring.try_push_fd(me, &links, tag, std::os::fd::AsFd::as_fd(&msg.fd), msg.len)
+    }
+
+    fn enqueue(&self, tag: u8, parts: &[&[u8]], large: Option<Large>) -> PyResult<()> {
+        let item = match large {
+            Some(msg) => Pending::Large { tag, msg },
+            None => {
+                let total: usize = parts.iter().map(|p| p.len()).sum();
+                if total > self.chan.ring().max_payload() {
+                    Pending::Large {
+                        tag,
+                        msg: Large::new(parts).map_err(Error::from)?,
+                    }
+                } else {
+                    Pending::Inline {
+                        tag,
+                        data: parts.concat(),
+                    }
+                }
+            }
+        };
+        self.feeder
+            .get_or_create(&self.chan)
+            .enqueue(item)
+            .map_err(|e| Error::from(e).into())
+    }
+
+    /// The whole `put`: commit now, or queue behind the backlog (`feed`), or wait for room.
+    fn put_one(
+        &self,
+        py: Python<'_>,
+        me: &Me,
+        tag: u8,
+        parts: &[&[u8]],
+        how: &PutMode,
+    ) -> PyResult<u8> {
+        let PutMode {
+            block,
+            deadline,
+            feed,
+        } = *how;
+        let ring = self.chan.ring();
+        let mut large: Option<Large> = None;
+        loop {
+            if ring.shutdown_state() != OPEN {
+                return Ok(PUT_SHUTDOWN);
+            }
+            let seen = ring.not_full_seq();
+            let why = if feed && self.backlog() > 0 {
+                // Keep FIFO: behind this process's backlog.
+                Push::FullBytes
+            } else {
+                self.try_put(me, tag, parts, &mut large)
+                    .map_err(Error::from)?
+            };
+            match why {
+                Push::Done => return Ok(PUT_OK),
+                Push::FullBytes if feed && self.may_backlog() => {
+                    self.enqueue(tag, parts, large)?;
+                    return Ok(PUT_OK);
+                }
+                Push::TooBig => unreachable!("large messages go by descriptor"),
+                _ if !block => return Ok(PUT_FULL),
+                _ => {}
+            }
+            let changed = wait_detached(py, deadline, |slice| {
+                if ring.not_full_seq() != seen || ring.shutdown_state() != OPEN {
+                    return Ok(Some(()));
+                }
+                ring.wait_not_full(seen, slice)?;
+                Ok((ring.not_full_seq() != seen).then_some(()))
+            })?;
+            if changed.is_none() {
+                return Ok(PUT_FULL);
+            }
+        }
+    }
+
+    /// One attempt to take a message, as the Python object `get` returns.
+    fn try_get(&self, py: Python<'_>, me: &Me) -> PyResult<Option<Py<PyAny>>> {
+        let links = self.chan.links();
+        let popped = self
+            .chan
+            .ring()
+            .try_pop_with(me, Some(&links), |tag, len| {
+                // Under the ring's lock with the interpreter attached: a bytes or bytearray
+                // allocation is not tracked by the garbage collector, so it runs no Python
+                // code and cannot re-enter the queue.
+                alloc_message(py, tag, len)
+            })
+            .map_err(Error::from)?;
+        Ok(match popped {
+            None => None,
+            Some(Popped::Inline { tag, data }) => {
+                Some((tag, data).into_pyobject(py)?.unbind().into_any())
+            }
+            Some(Popped::Fd { tag, fd, len }) => {
+                let len =
+                    usize::try_from(len).map_err(|_| PyValueError::new_err("message too large"))?;
+                let seg = if len == 0 {
+                    None
+                } else {
+                    Some(Segment::from_core(
+                        CoreSegment::map_with(fd, len, true).map_err(Error::from)?,
+                    ))
+                };
+                let obj: Py<PyAny> = match seg {
+                    Some(s) => Py::new(py, s)?.into_any(),
+                    None => PyBytes::new(py, b"").unbind().into_any(),
+                };
+                Some((tag, obj).into_pyobject(py)?.unbind().into_any())
+            }
         })
     }
 
-    /// Commits `data` as one message. Waits for room (detached, in slices) unless `block` is
-    /// false, at most `timeout` seconds. Returns False if there was no room in time; raises
-    /// ValueError for a message larger than `max_payload`.
-    #[pyo3(signature = (data, block=true, timeout=None))]
+    /// Waits (detached, in slices) until a push happens after `seen`, the queue is shut
+    /// down, or the deadline passes (false).
+    fn wait_pushed(&self, py: Python<'_>, seen: u32, deadline: Option<Instant>) -> PyResult<bool> {
+        let ring = self.chan.ring();
+        let got = wait_detached(py, deadline, |slice| {
+            if ring.not_empty_seq() != seen || ring.shutdown_state() != OPEN {
+                return Ok(Some(()));
+            }
+            ring.wait_not_empty(seen, slice)?;
+            Ok((ring.not_empty_seq() != seen).then_some(()))
+        })?;
+        Ok(got.is_some())
+    }
+
+    fn get_one(
+        &self,
+        py: Python<'_>,
+        me: &Me,
+        block: bool,
+        deadline: Option<Instant>,
+    ) -> PyResult<Py<PyAny>> {
+        let ring = self.chan.ring();
+        loop {
+            let state = ring.shutdown_state();
+            if state == SHUTDOWN_IMMEDIATE {
+                return Ok(GET_SHUTDOWN.into_pyobject(py)?.unbind().into_any());
+            }
+            let seen = ring.not_empty_seq();
+            if let Some(v) = self.try_get(py, me)? {
+                return Ok(v);
+            }
+            if state != OPEN {
+                return Ok(GET_SHUTDOWN.into_pyobject(py)?.unbind().into_any());
+            }
+            if !block || !self.wait_pushed(py, seen, deadline)? {
+                return Ok(GET_EMPTY.into_pyobject(py)?.unbind().into_any());
+            }
+        }
+    }
+}
+
+/// A new, uninitialised `bytes` (or `bytearray` for a writable tag) of `len` bytes and the
+/// address of its contents.
+fn alloc_message(py: Python<'_>, tag: u8, len: usize) -> std::io::Result<(Py<PyAny>, *mut u8)> {
+    let n = len as ffi::Py_ssize_t;
+    // SAFETY: both constructors accept a null source for an uninitialised object of `n`
+    // bytes; on success we own the new reference, and the contents pointer stays valid while
+    // it lives. The caller fills all `len` bytes before anyone else sees the object.
+    unsafe {
+        let (obj, ptr) = if tag & TAG_WRITABLE != 0 {
+            let o = ffi::PyByteArray_FromStringAndSize(std::ptr::null(), n);
+            (
+                o,
+                if o.is_null() {
+                    std::ptr::null_mut()
+                } else {
+                    ffi::PyByteArray_AsString(o)
+                },
+            )
+        } else {
+            let o = ffi::PyBytes_FromStringAndSize(std::ptr::null(), n);
+            (
+                o,
+                if o.is_null() {
+                    std::ptr::null_mut()
+                } else {
+                    ffi::PyBytes_AsString(o)
+                },
+            )
+        };
+        if obj.is_null() || ptr.is_null() {
+            if !obj.is_null() {
+                ffi::Py_DecRef(obj);
+            }
+            // The MemoryError stays set; the caller turns the failure into it.
+            ffi::PyErr_Clear();
+            return Err(std::io::Error::from(std::io::ErrorKind::OutOfMemory));
+        }
+        Ok((Bound::from_owned_ptr(py, obj).unbind(), ptr.cast()))
+    }
+}
+
+#[pymethods]
+impl Channel {
+    /// A new queue ring of `capacity` data bytes (a power of two ≥ 64) holding at most
+    /// `max_items` messages (2**32-1: no limit but bytes); with `eventfd`, a readiness
+    /// eventfd for `SimpleQueue._reader`.
+    #[new]
+    #[pyo3(signature = (capacity, max_items, eventfd=false))]
+    fn new(capacity: u32, max_items: u32, eventfd: bool) -> PyResult<Self> {
+        Ok(Channel {
+            chan: Arc::new(CoreChannel::create(capacity, max_items, eventfd).map_err(Error::from)?),
+            feeder: FeederSlot::default(),
+        })
+    }
+
+    /// The channel over descriptors received from a parent (ownership passes to it: they
+    /// are closed with it, or at once on failure).
+    #[staticmethod]
+    #[pyo3(signature = (segment_fd, capacity, send_fd, recv_fd, eventfd=None))]
+    fn open(
+        segment_fd: RawFd,
+        capacity: u32,
+        send_fd: RawFd,
+        recv_fd: RawFd,
+        eventfd: Option<RawFd>,
+    ) -> PyResult<Self> {
+        if [segment_fd, send_fd, recv_fd, eventfd.unwrap_or(0)]
+            .iter()
+            .any(|&fd| fd < 0)
+        {
+            return Err(PyValueError::new_err("invalid file descriptor"));
+        }
+        // SAFETY: the caller hands these descriptors over (documented above).
+        let (seg, send, recv, ev) = unsafe {
+            (
+                crate::platform::owned_fd(segment_fd),
+                crate::platform::owned_fd(send_fd),
+                crate::platform::owned_fd(recv_fd),
+                eventfd.map(|fd| crate::platform::owned_fd(fd)),
+            )
+        };
+        Ok(Channel {
+            chan: Arc::new(CoreChannel::open(seg, capacity, send, recv, ev).map_err(Error::from)?),
+            feeder: FeederSlot::default(),
+        })
+    }
+
+    /// `(segment, send, recv, eventfd or None)` descriptors, to pass to a child.
+    fn fds(&self) -> (RawFd, RawFd, RawFd, Option<RawFd>) {
+        let [a, b, c, d] = self.chan.fds();
+        let raw = |f: Option<std::os::fd::BorrowedFd<'_>>| f.map(|f| f.as_raw_fd());
+        (
+            raw(a).unwrap_or(-1),
+            raw(b).unwrap_or(-1),
+            raw(c).unwrap_or(-1),
+            raw(d),
+        )
+    }
+
+    /// Data bytes of the ring.
+    #[getter]
+    fn capacity(&self) -> usize {
+        self.chan.ring().capacity()
+    }
+
+    /// The largest message stored in the ring itself (larger ones go by descriptor).
+    #[getter]
+    fn max_payload(&self) -> usize {
+        self.chan.ring().max_payload()
+    }
+
+    /// Most messages at once.
+    #[getter]
+    fn max_items(&self) -> usize {
+        self.chan.ring().max_items()
+    }
+
+    /// Puts one message (`data`: a bytes-like object or a list of them, concatenated) with
+    /// `tag`. With `feed`, a message that finds no room joins this process's backlog, which a
+    /// Rust thread moves into the ring (a bounded queue counts the backlog against its size);
+    /// without, or when the size limit is reached, it waits for room unless `block` is
+    /// false, at most `timeout` seconds. Returns 0 (done), 1 (full) or 2 (shut down).
+    #[pyo3(signature = (tag, data, block=true, timeout=None, feed=true))]
     fn put(
         &self,
         py: Python<'_>,
-        data: &[u8],
+        tag: u8,
+        data: &Bound<'_, PyAny>,
         block: bool,
         timeout: Option<f64>,
-    ) -> PyResult<bool> {
+        feed: bool,
+    ) -> PyResult<u8> {
         let me = Me::current();
-        let ring = &self.ring;
-        let too_big = || {
-            PyValueError::new_err(format!(
-                "message of {} bytes exceeds the ring's limit of {} bytes",
-                data.len(),
-                ring.max_payload()
-            ))
+        let how = PutMode {
+            block,
+            deadline: if block { deadline(timeout)? } else { None },
+            feed,
         };
-        // Small messages are copied with the interpreter held (a memcpy under a lock that is
-        // held only for copies); the wait for room is detached.
-        match ring.try_push(&me, &[data]).map_err(Error::from)? {
-            Push::Done => return Ok(true),
-            Push::TooBig => return Err(too_big()),
-            Push::Full if !block => return Ok(false),
-            Push::Full => {}
+        if let Ok(b) = data.cast::<PyBytes>() {
+            return self.put_one(py, &me, tag, &[b.as_bytes()], &how);
         }
+        let parts = parts_of(data)?;
+        let slices: Vec<&[u8]> = parts.iter().map(|p| p.bytes()).collect();
+        self.put_one(py, &me, tag, &slices, &how)
+    }
+
+    /// Puts several messages (`tags[i]`, `datas[i]`) as `put` does, in order, with one
+    /// deadline. Returns how many were put and the status that stopped it (0: all).
+    #[pyo3(signature = (tags, datas, block=true, timeout=None, feed=true))]
+    fn put_many(
+        &self,
+        py: Python<'_>,
+        tags: Vec<u8>,
+        datas: &Bound<'_, PyList>,
+        block: bool,
+        timeout: Option<f64>,
+        feed: bool,
+    ) -> PyResult<(usize, u8)> {
+        if tags.len() != datas.len() {
+            return Err(PyValueError::new_err("tags and datas differ in length"));
+        }
+        let me = Me::current();
+        let how = PutMode {
+            block,
+            deadline: if block { deadline(timeout)? } else { None },
+            feed,
+        };
+        for (i, (tag, data)) in tags.iter().zip(datas.iter()).enumerate() {
+            let status = if let Ok(b) = data.cast::<PyBytes>() {
+                self.put_one(py, &me, *tag, &[b.as_bytes()], &how)?
+            } else {
+                let parts = parts_of(&data)?;
+                let slices: Vec<&[u8]> = parts.iter().map(|p| p.bytes()).collect();
+                self.put_one(py, &me, *tag, &slices, &how)?
+            };
+            if status != PUT_OK {
+                return Ok((i, status));
+            }
+        }
+        Ok((tags.len(), PUT_OK))
+    }
+
+    /// Takes the oldest message: `(tag, bytes | bytearray | Segment)`, or 1 when none came
+    /// in time (`block` false, or `timeout` passed), or 2 when the queue is shut down (and
+    /// empty, unless immediately).
+    #[pyo3(signature = (block=true, timeout=None))]
+    fn get(&self, py: Python<'_>, block: bool, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
+        let me = Me::current();
+        let deadline = if block { deadline(timeout)? } else { None };
+        self.get_one(py, &me, block, deadline)
+    }
+
+    /// Takes up to `max_items` messages: waits for the first as `get` does (returning its
+    /// int status if none comes), then takes what is already there. A list of `(tag, data)`.
+    #[pyo3(signature = (max_items, block=true, timeout=None))]
+    fn get_many(
+        &self,
+        py: Python<'_>,
+        max_items: usize,
+        block: bool,
+        timeout: Option<f64>,
+    ) -> PyResult<Py<PyAny>> {
+        let me = Me::current();
+        let deadline = if block { deadline(timeout)? } else { None };
+        let first = self.get_one(py, &me, block, deadline)?;
+        if first.bind(py).cast::<PyTuple>().is_err() {
+            return Ok(first);
+        }
+        let out = PyList::new(py, [first])?;
+        while out.len() < max_items {
+            match self.try_get(py, &me)? {
+                Some(v) => out.append(v)?,
+                None => break,
+            }
+        }
+        Ok(out.unbind().into_any())
+    }
+
+    /// Waits until a message is there (true) or the timeout passes, without taking it.
+    #[pyo3(signature = (timeout=None))]
+    fn poll(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+        let ring = self.chan.ring();
+        let deadline = deadline(timeout)?;
+        loop {
+            let seen = ring.not_empty_seq();
+            if !ring.is_empty() || ring.shutdown_state() != OPEN {
+                return Ok(!ring.is_empty());
+            }
+            if timeout == Some(0.0) || !self.wait_pushed(py, seen, deadline)? {
+                return Ok(!ring.is_empty());
+            }
+        }
+    }
+
+    /// Messages in the ring plus this process's backlog (approximate, as `qsize()`).
+    fn qsize(&self) -> usize {
+        self.chan.ring().len() + self.backlog()
+    }
+
+    /// Messages of this process not yet in the ring.
+    fn pending(&self) -> usize {
+        self.backlog()
+    }
+
+    /// Messages in the ring (all processes).
+    fn ring_len(&self) -> usize {
+        self.chan.ring().len()
+    }
+
+    // ---- feeder
+
+    /// No more puts from this process: its feeder exits once the backlog is in the ring.
+    fn close_feeder(&self) {
+        if let Some(f) = self.feeder.get() {
+            f.close();
+        }
+    }
+
+    /// Drops this process's backlog (`cancel_join_thread`).
+    fn cancel_feeder(&self) {
+        if let Some(f) = self.feeder.get() {
+            f.cancel();
+        }
+    }
+
+    /// Waits (detached, in slices) until this process's feeder has exited, at most
+    /// `timeout` seconds. True when it has (or never ran).
+    #[pyo3(signature = (timeout=None))]
+    fn join_feeder(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+        let Some(f) = self.feeder.get() else {
+            return Ok(true);
+        };
+        let deadline = deadline(timeout)?;
+        let done = wait_detached(py, deadline, |slice| Ok(f.wait_exited(slice).then_some(())))?;
+        Ok(done.is_some())
+    }
+
+    /// Do not wait for this process's feeder at exit (`cancel_join_thread`).
+    fn cancel_exit_join(&self) {
+        self.feeder.get_or_create(&self.chan).cancel_exit_join();
+    }
+
+    /// The last error this process's feeder met, if any (then cleared).
+    fn feeder_error(&self) -> Option<String> {
+        self.feeder.get().and_then(|f| f.take_error())
+    }
+
+    // ---- JoinableQueue
+
+    /// Counts one more unfinished task.
+    fn task_added(&self) {
+        self.chan.ring().task_added();
+    }
+
+    /// Counts `n` tasks done; false (nothing changed) if fewer were unfinished.
+    #[pyo3(signature = (n=1))]
+    fn tasks_done(&self, n: u32) -> bool {
+        self.chan.ring().tasks_done(n)
+    }
+
+    /// Unfinished tasks.
+    #[getter]
+    fn unfinished(&self) -> u32 {
+        self.chan.ring().unfinished()
+    }
+
+    /// Waits (detached, in slices) until no task is unfinished, at most `timeout` seconds.
+    #[pyo3(signature = (timeout=None))]
+    fn join(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+        let ring = self.chan.ring();
         let deadline = deadline(timeout)?;
         let done = wait_detached(py, deadline, |slice| {
-            let seen = ring.not_full_seq();
-            match ring.try_push(&me, &[data])? {
-                Push::Done => Ok(Some(())),
-                _ => ring.wait_not_full(seen, slice).map(|_| None),
+            let n = ring.unfinished();
+            if n == 0 {
+                return Ok(Some(()));
             }
+            ring.wait_unfinished(n, slice)?;
+            Ok((ring.unfinished() == 0).then_some(()))
         })?;
         Ok(done.is_some())
     }
 
-    /// Takes the oldest message as bytes. Waits (detached, in slices) unless `block` is
-    /// false, at most `timeout` seconds; None if nothing came in time.
-    #[pyo3(signature = (block=true, timeout=None))]
-    fn get<'py>(
-        &self,
-        py: Python<'py>,
-        block: bool,
-        timeout: Option<f64>,
-    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
+    // ---- shutdown
+
+    /// Shuts the queue down for every process; with `immediate`, drains it (each message
+    /// removed also counts as a task done) and drops this process's backlog.
+    #[pyo3(signature = (immediate=false))]
+    fn shutdown(&self, py: Python<'_>, immediate: bool) -> PyResult<()> {
+        let ring = self.chan.ring();
+        if !immediate {
+            ring.shut_down(crate::queue::SHUTDOWN);
+            return Ok(());
+        }
+        ring.shut_down(SHUTDOWN_IMMEDIATE);
+        if let Some(f) = self.feeder.get() {
+            f.cancel();
+        }
         let me = Me::current();
-        let ring = &self.ring;
-        if let Some(v) = ring.try_pop(&me).map_err(Error::from)? {
-            return Ok(Some(PyBytes::new(py, &v)));
-        }
-        if !block {
-            return Ok(None);
-        }
-        let deadline = deadline(timeout)?;
-        let got = wait_detached(py, deadline, |slice| {
-            let seen = ring.not_empty_seq();
-            match ring.try_pop(&me)? {
-                Some(v) => Ok(Some(v)),
-                None => ring.wait_not_empty(seen, slice).map(|_| None),
+        let links = self.chan.links();
+        let drained = py
+            .detach(|| ring.drain(&me, Some(&links)))
+            .map_err(Error::from)?;
+        for _ in 0..drained {
+            if !ring.tasks_done(1) {
+                break;
             }
-        })?;
-        Ok(got.map(|v| PyBytes::new(py, &v)))
+        }
+        // Wake everyone again: sleepers that re-checked before the drain.
+        ring.shut_down(SHUTDOWN_IMMEDIATE);
+        Ok(())
     }
 
-    /// Messages waiting (approximate, as `qsize()`).
-    fn __len__(&self) -> usize {
-        self.ring.len()
-    }
-
-    /// Data bytes.
+    /// 0 open, 1 shut down, 2 shut down immediately.
     #[getter]
-    fn capacity(&self) -> usize {
-        self.ring.capacity()
+    fn shutdown_state(&self) -> u32 {
+        self.chan.ring().shutdown_state()
     }
 
-    /// The largest message `put` accepts.
-    #[getter]
-    fn max_payload(&self) -> usize {
-        self.ring.max_payload()
-    }
+    // ---- SimpleQueue's reader
 
-    /// Bytes a segment needs for a ring of `capacity` data bytes.
-    #[staticmethod]
-    fn segment_size(capacity: usize) -> usize {
-        segment_size(capacity)
+    /// Makes the eventfd count waiting messages from now on; returns its descriptor.
+    fn arm_eventfd(&self) -> PyResult<RawFd> {
+        let links = self.chan.links();
+        let Some(ev) = links.evfd else {
+            return Err(PyValueError::new_err("this queue has no eventfd"));
+        };
+        self.chan
+            .ring()
+            .arm_eventfd(&Me::current(), ev)
+            .map_err(Error::from)?;
+        Ok(ev.as_raw_fd())
     }
 }
 
+/// Waits (detached, in slices) until every queue feeder of this process has moved its
+/// backlog into its ring, except those of queues whose `cancel_join_thread()` was called; at
+/// most `timeout` seconds. True when all have.
+#[pyfunction]
+#[pyo3(signature = (timeout=None))]
+fn join_feeders(py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+    let joins = crate::queue::feeder::exit_joins();
+    let deadline = deadline(timeout)?;
+    for j in &joins {
+        if wait_detached(py, deadline, |slice| Ok(j.wait_exited(slice).then_some(())))?.is_none() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_class::<Ring>()?;
+    m.add_class::<Channel>()?;
+    m.add_function(wrap_pyfunction!(join_feeders, m)?)?;
     Ok(())
 }

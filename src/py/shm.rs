@@ -21,9 +21,9 @@ pub struct Segment {
 }
 
 impl Segment {
-    /// The core segment, for the sync bindings.
-    pub(crate) fn core(&self) -> &CoreSegment {
-        &self.inner
+    /// Wraps a core segment (a queue's large message).
+    pub(crate) fn from_core(inner: CoreSegment) -> Segment {
+        Segment { inner }
     }
 
     /// A pointer to a `T` at `offset`, checked to lie inside the mapping and to be aligned

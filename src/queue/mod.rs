@@ -1,11 +1,14 @@
 //! A bounded many-producer many-consumer byte ring in shared memory: the core of rmp's queues
-//! (bound as `rmp._core.Ring`; the `Queue` classes and their feeder thread are to build on it).
+//! (`channel` owns a ring with its side channels, `feeder` is the per-process thread that
+//! moves a backlog into it).
 //!
-//! One [`RingHeader`] (`#[repr(C)]`, 128 bytes, versioned) followed by `capacity` bytes of
+//! One [`RingHeader`] (`#[repr(C)]`, 192 bytes, versioned) followed by `capacity` bytes of
 //! data, all in one `MAP_SHARED` mapping. Messages are records: an 8-byte header (length,
-//! kind) and the payload padded to 8 bytes. A record never straddles the end of the data area:
-//! a writer that would cross it first writes a *wrap* record that tells readers to continue at
-//! the start.
+//! kind, tag) and the payload padded to 8 bytes. A record never straddles the end of the data
+//! area: a writer that would cross it first writes a *wrap* record that tells readers to
+//! continue at the start. A message too large for the ring travels as a memfd over a
+//! `SCM_RIGHTS` socket, and the ring carries a 16-byte *fd record* (sequence number, length)
+//! in its place, in order with the others.
 //!
 //! Writers and readers serialise on a recursive-mutex [`SemState`] embedded in the header,
 //! whose holder is recorded, so that a process killed while holding it does not wedge the
@@ -13,12 +16,17 @@
 //! construction (*commit, then publish*): a writer copies the record into free space and only
 //! then advances `tail`; a reader copies the payload out and only then advances `head`. A
 //! writer killed mid-copy leaves no visible message; a reader killed mid-copy leaves the
-//! message in place for the next reader.
+//! message in place for the next reader. For fd records, the socket message carries the
+//! record's sequence number, so a descriptor whose record was never committed (writer killed
+//! between the send and the publish) is discarded, and a record whose descriptor was taken by
+//! a killed reader is dropped: each costs only the killed process's own message.
 //!
 //! Sleepers wait on two sequence words (`not_empty`, `not_full`) that every push and pop bump,
-//! and are woken only when someone sleeps.
+//! and are woken only when someone sleeps. A `JoinableQueue`'s unfinished-task count and the
+//! queue's shutdown state live in the header too.
 
 use std::io;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
@@ -27,25 +35,39 @@ use crate::platform;
 use crate::sync::semaphore::{Kind, SemState};
 use crate::sync::{futex_wait_slice, Me};
 
+pub mod channel;
+pub mod feeder;
+
 /// `b"RMPQ"`: marks an initialised [`RingHeader`].
 pub const RING_MAGIC: u32 = u32::from_le_bytes(*b"RMPQ");
 /// Layout version of [`RingHeader`] and of the record format.
-pub const RING_VERSION: u32 = 1;
+pub const RING_VERSION: u32 = 2;
 /// Bytes before the data area.
-pub const HEADER_SIZE: usize = 128;
+pub const HEADER_SIZE: usize = 192;
 /// Bytes of a record header.
 pub const RECORD_HEADER: usize = 8;
+/// Bytes of an fd record's payload: sequence number and message length, both u64 LE.
+const FD_RECORD: usize = 16;
 
 const KIND_MESSAGE: u32 = 0;
 const KIND_WRAP: u32 = 1;
+const KIND_FD: u32 = 2;
 /// How long one attempt to take the ring's lock may sleep before the caller re-checks (the
 /// lock is held only for a copy, so this is rarely reached).
 const LOCK_SLICE: Duration = Duration::from_millis(50);
+
+/// `shutdown` values.
+pub const OPEN: u32 = 0;
+/// `shutdown()`: puts fail; gets fail once the ring is empty.
+pub const SHUTDOWN: u32 = 1;
+/// `shutdown(immediate=True)`: the ring was drained; puts and gets fail.
+pub const SHUTDOWN_IMMEDIATE: u32 = 2;
 
 /// The ring's shared header. Field by field:
 #[repr(C)]
 #[derive(Debug)]
 pub struct RingHeader {
+    // ---- line 0: positions and wait words
     /// [`RING_MAGIC`], written last by `init` (Release).
     magic: AtomicU32,
     /// [`RING_VERSION`].
@@ -66,18 +88,30 @@ pub struct RingHeader {
     /// publish (a holder killed between the two stores leaves it off by one: `qsize()` is
     /// approximate, as the stdlib documents it to be).
     items: AtomicU32,
-    /// Reserved, zero.
-    _pad: u32,
+    /// [`OPEN`], [`SHUTDOWN`] or [`SHUTDOWN_IMMEDIATE`]; only ever grows.
+    shutdown: AtomicU32,
     /// Read position in bytes since creation (monotonic; `% capacity` in the data area).
     /// Advanced under the lock after a record is copied out (the publish of a pop).
     head: AtomicU64,
     /// Write position in bytes since creation. Advanced under the lock after a record is
     /// copied in (the publish of a push).
     tail: AtomicU64,
-    /// Reserved, zero.
-    _reserved: [u32; 2],
+    /// The last sequence number given to an fd record (under the lock, before the send).
+    fd_seq: AtomicU64,
+    // ---- line 1
     /// The ring's lock (recursive-mutex kind, holder recorded), in a cache line of its own.
     lock: SemState,
+    // ---- line 2: JoinableQueue and SimpleQueue state
+    /// Messages put and not yet marked done (`JoinableQueue`); also the futex word `join()`
+    /// sleeps on.
+    unfinished: AtomicU32,
+    /// Threads sleeping in `join()`.
+    join_sleepers: AtomicU32,
+    /// 1 once the readiness eventfd is kept (a `SimpleQueue` whose `_reader` was asked for):
+    /// from then on every push adds one to it and every pop takes one, under the lock.
+    evfd_armed: AtomicU32,
+    /// Reserved, zero.
+    _reserved: [u32; 13],
 }
 
 /// What a push did.
@@ -85,10 +119,39 @@ pub struct RingHeader {
 pub enum Push {
     /// Committed.
     Done,
-    /// No room now (bytes or `max_items`); wait on `not_full` and retry.
-    Full,
+    /// `max_items` messages wait; wait on `not_full` and retry.
+    FullItems,
+    /// Not enough free bytes (or the side socket is full); wait on `not_full` and retry.
+    FullBytes,
     /// The message can never fit in this ring: send it another way.
     TooBig,
+}
+
+impl Push {
+    /// Whether the push must be retried later.
+    pub fn is_full(&self) -> bool {
+        matches!(self, Push::FullItems | Push::FullBytes)
+    }
+}
+
+/// What a pop took.
+#[derive(Debug)]
+pub enum Popped<T> {
+    /// A message stored in the ring, copied into what the allocator gave.
+    Inline { tag: u8, data: T },
+    /// A message in its own memfd of `len` bytes.
+    Fd { tag: u8, fd: OwnedFd, len: u64 },
+}
+
+/// The process-local descriptors a ring's operations may need.
+#[derive(Clone, Copy, Debug)]
+pub struct Links<'a> {
+    /// The side socket's sending end (fd records).
+    pub send: BorrowedFd<'a>,
+    /// The side socket's receiving end.
+    pub recv: BorrowedFd<'a>,
+    /// The readiness eventfd, if the queue has one.
+    pub evfd: Option<BorrowedFd<'a>>,
 }
 
 /// A view of a ring in a mapping.
@@ -112,11 +175,15 @@ fn record_len(payload: usize) -> u64 {
     (RECORD_HEADER + payload.div_ceil(8) * 8) as u64
 }
 
+fn kind_word(kind: u32, tag: u8) -> u32 {
+    kind | (u32::from(tag) << 8)
+}
+
 impl Ring {
     /// A view of the ring at `base`.
     ///
     /// # Safety
-    /// `base` must point to `segment_size(capacity)` bytes of a live, 128-byte-aligned
+    /// `base` must point to `segment_size(capacity)` bytes of a live, 64-byte-aligned
     /// mapping that outlives the view, holding a ring initialised by [`Ring::init`] (or about
     /// to be, by the caller, before anyone else uses it).
     pub unsafe fn from_raw(base: NonNull<u8>) -> Ring {
@@ -165,6 +232,11 @@ impl Ring {
         self.hdr().capacity.load(Ordering::Relaxed) as usize
     }
 
+    /// Most messages at once.
+    pub fn max_items(&self) -> usize {
+        self.hdr().max_items.load(Ordering::Relaxed) as usize
+    }
+
     /// Messages waiting (racy by nature: `qsize()`).
     pub fn len(&self) -> usize {
         self.hdr().items.load(Ordering::Relaxed) as usize
@@ -184,6 +256,9 @@ impl Ring {
 
     fn lock(&self, me: &Me) -> io::Result<()> {
         let l = &self.hdr().lock;
+        if l.try_lock(me) {
+            return Ok(());
+        }
         loop {
             // A holder killed mid-operation is taken over (its work was never published).
             if l.acquire_slice(me, LOCK_SLICE)?.got() {
@@ -200,7 +275,8 @@ impl Ring {
     /// Copies `len` bytes at ring position `pos` (not crossing the end) into `dst`.
     ///
     /// # Safety
-    /// The caller holds the lock and `pos % cap + len <= cap`.
+    /// The caller holds the lock, `dst` is writable for `len` bytes, and
+    /// `pos % cap + len <= cap`.
     unsafe fn read_at(&self, pos: u64, dst: *mut u8, len: usize) {
         let off = (pos % self.capacity() as u64) as usize;
         // SAFETY: in bounds per the contract; the lock excludes concurrent writers of these
@@ -237,91 +313,298 @@ impl Ring {
         )
     }
 
-    /// Commits one message made of `parts` (concatenated), if it fits now.
-    pub fn try_push(&self, me: &Me, parts: &[&[u8]]) -> io::Result<Push> {
-        let payload: usize = parts.iter().map(|p| p.len()).sum();
-        if payload > self.max_payload() {
-            return Ok(Push::TooBig);
-        }
+    /// Under the lock: where a record of `payload` bytes goes (after a wrap record, if one
+    /// is written), or why it cannot go now.
+    fn reserve(&self, payload: usize) -> Result<u64, Push> {
+        let h = self.hdr();
         let cap = self.capacity() as u64;
         let need = record_len(payload);
-        let h = self.hdr();
-        self.lock(me)?;
         let head = h.head.load(Ordering::Relaxed);
-        let mut tail = h.tail.load(Ordering::Relaxed);
+        let tail = h.tail.load(Ordering::Relaxed);
         let to_end = cap - tail % cap;
         let wrap = if need > to_end { to_end } else { 0 };
-        let full = h.items.load(Ordering::Relaxed) >= h.max_items.load(Ordering::Relaxed)
-            || tail - head + wrap + need > cap;
-        if full {
-            self.unlock(me);
-            return Ok(Push::Full);
+        if h.items.load(Ordering::Relaxed) >= h.max_items.load(Ordering::Relaxed) {
+            return Err(Push::FullItems);
+        }
+        if tail - head + wrap + need > cap {
+            return Err(Push::FullBytes);
         }
         if wrap > 0 {
             self.write_record_header(tail, (wrap as usize - RECORD_HEADER) as u32, KIND_WRAP);
-            tail += wrap;
         }
-        let mut pos = tail + RECORD_HEADER as u64;
-        for p in parts {
-            // SAFETY: under the lock, into free space (checked above), within one
-            // contiguous stretch (the wrap record moved us to the start when needed).
-            unsafe { self.write_at(pos, p.as_ptr(), p.len()) };
-            pos += p.len() as u64;
-        }
-        self.write_record_header(tail, payload as u32, KIND_MESSAGE);
+        Ok(tail + wrap)
+    }
+
+    /// Under the lock: publishes a record written at `at` with `payload` bytes.
+    fn publish(&self, me: &Me, links: Option<&Links<'_>>, at: u64, payload: usize) {
+        let h = self.hdr();
         // Publish: only now is the record visible. Release pairs with the Acquire load of
         // `tail` by readers (under the lock as well; the ordering also covers lock-free
         // observers such as `len`).
-        h.tail.store(tail + need, Ordering::Release);
+        h.tail.store(at + record_len(payload), Ordering::Release);
         h.items.fetch_add(1, Ordering::Relaxed);
+        if let Some(evfd) = links.and_then(|l| l.evfd) {
+            if h.evfd_armed.load(Ordering::Relaxed) != 0 {
+                let _ = platform::eventfd_add(evfd, 1);
+            }
+        }
         self.unlock(me);
-        // Release: pairs with the Acquire load in `wait_not_empty`.
+        // Release: pairs with the Acquire load in `not_empty_seq`.
         h.not_empty.fetch_add(1, Ordering::Release);
         // SeqCst: the bump above must be ordered before this load, against a sleeper's
         // increment of `empty_sleepers` and its re-check (a Dekker pair with `wait_on`).
         if h.empty_sleepers.load(Ordering::SeqCst) > 0 {
             let _ = platform::futex_wake(&h.not_empty, 1);
         }
+    }
+
+    /// Commits one message made of `parts` (concatenated), tagged `tag`, if it fits now.
+    pub fn try_push(
+        &self,
+        me: &Me,
+        links: Option<&Links<'_>>,
+        tag: u8,
+        parts: &[&[u8]],
+    ) -> io::Result<Push> {
+        let payload: usize = parts.iter().map(|p| p.len()).sum();
+        if payload > self.max_payload() {
+            return Ok(Push::TooBig);
+        }
+        self.lock(me)?;
+        let at = match self.reserve(payload) {
+            Ok(at) => at,
+            Err(why) => {
+                self.unlock(me);
+                return Ok(why);
+            }
+        };
+        let mut pos = at + RECORD_HEADER as u64;
+        for p in parts {
+            // SAFETY: under the lock, into free space (checked by `reserve`), within one
+            // contiguous stretch (the wrap record moved us to the start when needed).
+            unsafe { self.write_at(pos, p.as_ptr(), p.len()) };
+            pos += p.len() as u64;
+        }
+        self.write_record_header(at, payload as u32, kind_word(KIND_MESSAGE, tag));
+        self.publish(me, links, at, payload);
         Ok(Push::Done)
     }
 
-    /// Takes the oldest message, if any.
-    pub fn try_pop(&self, me: &Me) -> io::Result<Option<Vec<u8>>> {
+    /// Commits a message of `len` bytes held in the memfd `fd`: sends the descriptor on the
+    /// side socket and commits an fd record in order with the ring's other messages.
+    pub fn try_push_fd(
+        &self,
+        me: &Me,
+        links: &Links<'_>,
+        tag: u8,
+        fd: BorrowedFd<'_>,
+        len: u64,
+    ) -> io::Result<Push> {
+        self.lock(me)?;
+        let at = match self.reserve(FD_RECORD) {
+            Ok(at) => at,
+            Err(why) => {
+                self.unlock(me);
+                return Ok(why);
+            }
+        };
+        let h = self.hdr();
+        // The sequence number is taken before the send: a writer killed after the send and
+        // before the publish leaves a descriptor with a number no record will ever carry.
+        let seq = h.fd_seq.fetch_add(1, Ordering::Relaxed) + 1;
+        match platform::send_with_fd(links.send, &seq.to_le_bytes(), fd) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // The socket's buffer is full of descriptors not yet taken: as full.
+                self.unlock(me);
+                return Ok(Push::FullBytes);
+            }
+            Err(e) => {
+                self.unlock(me);
+                return Err(e);
+            }
+        }
+        let mut rec = [0u8; FD_RECORD];
+        rec[..8].copy_from_slice(&seq.to_le_bytes());
+        rec[8..].copy_from_slice(&len.to_le_bytes());
+        // SAFETY: under the lock, into the free space `reserve` checked, one stretch.
+        unsafe { self.write_at(at + RECORD_HEADER as u64, rec.as_ptr(), FD_RECORD) };
+        self.write_record_header(at, FD_RECORD as u32, kind_word(KIND_FD, tag));
+        self.publish(me, Some(links), at, FD_RECORD);
+        Ok(Push::Done)
+    }
+
+    /// Under the lock: the descriptor sent with fd record `seq`, if it is still on the side
+    /// socket. Older descriptors (whose writer died before committing) are closed on the way.
+    fn take_fd(&self, recv: BorrowedFd<'_>, seq: u64) -> io::Result<Option<OwnedFd>> {
+        let mut buf = [0u8; 8];
+        loop {
+            match platform::peek_message(recv, &mut buf)? {
+                // Nothing waits: the descriptor was taken by a reader killed mid-pop.
+                None => return Ok(None),
+                Some(8) => {}
+                Some(_) => {
+                    // Not one of ours: drop it.
+                    let _ = platform::recv_fd(recv, &mut buf)?;
+                    continue;
+                }
+            }
+            let s = u64::from_le_bytes(buf);
+            if s > seq {
+                // Ours is gone (a killed reader took it); this one belongs to a later record.
+                return Ok(None);
+            }
+            let got = platform::recv_fd(recv, &mut buf)?.flatten();
+            if s == seq {
+                return Ok(got);
+            }
+            // s < seq: an orphan, closed by dropping `got`.
+        }
+    }
+
+    /// Takes the oldest message, if any. `alloc(tag, len)` provides the destination of an
+    /// inline message (called under the ring's lock: it must not block or re-enter the
+    /// ring). Records whose message was lost by a killed process are skipped.
+    pub fn try_pop_with<T, F>(
+        &self,
+        me: &Me,
+        links: Option<&Links<'_>>,
+        alloc: F,
+    ) -> io::Result<Option<Popped<T>>>
+    where
+        F: FnOnce(u8, usize) -> io::Result<(T, *mut u8)>,
+    {
         let cap = self.capacity() as u64;
         let h = self.hdr();
         self.lock(me)?;
-        let mut head = h.head.load(Ordering::Relaxed);
-        // Acquire: pairs with the Release store of `tail` in `try_push`.
-        let tail = h.tail.load(Ordering::Acquire);
-        if head == tail {
-            self.unlock(me);
-            return Ok(None);
-        }
-        let (mut len, mut kind) = self.read_record_header(head);
-        if kind == KIND_WRAP {
-            head += RECORD_HEADER as u64 + u64::from(len);
-            debug_assert_eq!(head % cap, 0);
-            (len, kind) = self.read_record_header(head);
-        }
-        debug_assert_eq!(kind, KIND_MESSAGE);
-        let len = len as usize;
-        let mut out = Vec::with_capacity(len);
-        // SAFETY: a committed record of `len` payload bytes lies after its header within one
-        // contiguous stretch; `out` has room for `len` bytes.
-        unsafe {
-            self.read_at(head + RECORD_HEADER as u64, out.as_mut_ptr(), len);
-            out.set_len(len);
-        }
-        // Publish the pop only after the copy.
-        h.head.store(head + record_len(len), Ordering::Release);
-        h.items.fetch_sub(1, Ordering::Relaxed);
+        let mut alloc = Some(alloc);
+        let got = loop {
+            let mut head = h.head.load(Ordering::Relaxed);
+            // Acquire: pairs with the Release store of `tail` in `publish`.
+            let tail = h.tail.load(Ordering::Acquire);
+            if head == tail {
+                break None;
+            }
+            let (mut len, mut kind) = self.read_record_header(head);
+            if kind & 0xff == KIND_WRAP {
+                head += RECORD_HEADER as u64 + u64::from(len);
+                debug_assert_eq!(head % cap, 0);
+                (len, kind) = self.read_record_header(head);
+            }
+            let tag = (kind >> 8) as u8;
+            let len = len as usize;
+            let item = match kind & 0xff {
+                KIND_FD => {
+                    let mut rec = [0u8; FD_RECORD];
+                    // SAFETY: a committed fd record holds FD_RECORD payload bytes.
+                    unsafe {
+                        self.read_at(head + RECORD_HEADER as u64, rec.as_mut_ptr(), FD_RECORD)
+                    };
+                    let seq = u64::from_le_bytes(rec[..8].try_into().unwrap_or_default());
+                    let mlen = u64::from_le_bytes(rec[8..].try_into().unwrap_or_default());
+                    match links {
+                        Some(l) => {
+                            self.take_fd(l.recv, seq)?
+                                .map(|fd| Popped::Fd { tag, fd, len: mlen })
+                        }
+                        None => None,
+                    }
+                }
+                _ => {
+                    let Some(alloc) = alloc.take() else {
+                        break None;
+                    };
+                    let (data, dst) = match alloc(tag, len) {
+                        Ok(v) => v,
+                        Err(e) => {
+                            self.unlock(me);
+                            return Err(e);
+                        }
+                    };
+                    // SAFETY: a committed record of `len` payload bytes lies after its header
+                    // within one contiguous stretch; `alloc` gave `len` writable bytes.
+                    unsafe { self.read_at(head + RECORD_HEADER as u64, dst, len) };
+                    Some(Popped::Inline { tag, data })
+                }
+            };
+            // Publish the pop only after the copy.
+            h.head.store(head + record_len(len), Ordering::Release);
+            h.items.fetch_sub(1, Ordering::Relaxed);
+            if let Some(evfd) = links.and_then(|l| l.evfd) {
+                if h.evfd_armed.load(Ordering::Relaxed) != 0 {
+                    let _ = platform::eventfd_take(evfd);
+                }
+            }
+            if item.is_some() {
+                break item;
+            }
+            // A lost fd message: it is gone; look at the next record.
+        };
         self.unlock(me);
-        // Release / SeqCst: as in `try_push`, for the producers' side.
-        h.not_full.fetch_add(1, Ordering::Release);
-        if h.full_sleepers.load(Ordering::SeqCst) > 0 {
-            let _ = platform::futex_wake(&h.not_full, 1);
+        if got.is_some() {
+            // Release / SeqCst: as in `publish`, for the producers' side.
+            h.not_full.fetch_add(1, Ordering::Release);
+            if h.full_sleepers.load(Ordering::SeqCst) > 0 {
+                let _ = platform::futex_wake(&h.not_full, 1);
+            }
         }
-        Ok(Some(out))
+        Ok(got)
+    }
+
+    /// Takes the oldest message as a vector, if any (tests and the feeder-less paths).
+    pub fn try_pop(&self, me: &Me) -> io::Result<Option<Vec<u8>>> {
+        let mut buf = Vec::new();
+        let mut n = 0;
+        let got = self.try_pop_with(me, None, |_, len| {
+            buf.reserve_exact(len);
+            n = len;
+            Ok(((), buf.as_mut_ptr()))
+        })?;
+        Ok(got.map(|_| {
+            // SAFETY: the pop wrote exactly `n` bytes into `buf`'s reserved capacity.
+            unsafe { buf.set_len(n) };
+            buf
+        }))
+    }
+
+    /// Removes every message (`shutdown(immediate=True)`); returns how many.
+    pub fn drain(&self, me: &Me, links: Option<&Links<'_>>) -> io::Result<usize> {
+        let mut n = 0;
+        let mut scratch: Vec<u8> = Vec::new();
+        while self
+            .try_pop_with(me, links, |_, len| {
+                scratch.resize(len, 0);
+                Ok(((), scratch.as_mut_ptr()))
+            })?
+            .is_some()
+        {
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Makes the readiness eventfd count the waiting messages from now on (idempotent).
+    pub fn arm_eventfd(&self, me: &Me, evfd: BorrowedFd<'_>) -> io::Result<()> {
+        let h = self.hdr();
+        if h.evfd_armed.load(Ordering::Acquire) != 0 {
+            return Ok(());
+        }
+        self.lock(me)?;
+        let r = if h.evfd_armed.load(Ordering::Relaxed) == 0 {
+            let n = h.items.load(Ordering::Relaxed);
+            let r = if n > 0 {
+                platform::eventfd_add(evfd, u64::from(n))
+            } else {
+                Ok(())
+            };
+            // Release: pairs with the Acquire fast check above.
+            h.evfd_armed.store(1, Ordering::Release);
+            r
+        } else {
+            Ok(())
+        };
+        self.unlock(me);
+        r
     }
 
     /// The `not_empty` sequence value to wait from (read before trying to pop).
@@ -345,10 +628,75 @@ impl Ring {
         let h = self.hdr();
         wait_on(&h.not_full, &h.full_sleepers, seen, slice)
     }
+
+    // ---- shutdown
+
+    /// The shutdown state ([`OPEN`], [`SHUTDOWN`], [`SHUTDOWN_IMMEDIATE`]).
+    pub fn shutdown_state(&self) -> u32 {
+        // Acquire: pairs with the Release in `shut_down`.
+        self.hdr().shutdown.load(Ordering::Acquire)
+    }
+
+    /// Moves the shutdown state up to `state` and wakes every sleeper so each re-checks it.
+    pub fn shut_down(&self, state: u32) {
+        let h = self.hdr();
+        // Release: pairs with the Acquire in `shutdown_state`.
+        h.shutdown.fetch_max(state, Ordering::Release);
+        for w in [&h.not_empty, &h.not_full] {
+            w.fetch_add(1, Ordering::Release);
+            let _ = platform::futex_wake(w, i32::MAX as u32);
+        }
+        let _ = platform::futex_wake(&h.unfinished, i32::MAX as u32);
+    }
+
+    // ---- unfinished tasks (JoinableQueue)
+
+    /// Counts one more unfinished task.
+    pub fn task_added(&self) {
+        self.hdr().unfinished.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Counts `n` fewer unfinished tasks; false (and no change) if fewer than `n` remain.
+    /// Wakes `join()` sleepers when the count reaches zero.
+    pub fn tasks_done(&self, n: u32) -> bool {
+        let h = self.hdr();
+        let mut cur = h.unfinished.load(Ordering::Acquire);
+        loop {
+            if cur < n {
+                return false;
+            }
+            // AcqRel: orders the task's work before the count, for the joiner's Acquire.
+            match h.unfinished.compare_exchange_weak(
+                cur,
+                cur - n,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(v) => cur = v,
+            }
+        }
+        // SeqCst: a Dekker pair with `wait_unfinished`'s registration.
+        if cur == n && h.join_sleepers.load(Ordering::SeqCst) > 0 {
+            let _ = platform::futex_wake(&h.unfinished, i32::MAX as u32);
+        }
+        true
+    }
+
+    /// Unfinished tasks now.
+    pub fn unfinished(&self) -> u32 {
+        self.hdr().unfinished.load(Ordering::Acquire)
+    }
+
+    /// Sleeps at most `slice` while the unfinished count is `seen` (non-zero).
+    pub fn wait_unfinished(&self, seen: u32, slice: Duration) -> io::Result<()> {
+        let h = self.hdr();
+        wait_on(&h.unfinished, &h.join_sleepers, seen, slice)
+    }
 }
 
 fn wait_on(word: &AtomicU32, sleepers: &AtomicU32, seen: u32, slice: Duration) -> io::Result<()> {
-    // SeqCst: register before the futex re-checks `word` (see `try_push`).
+    // SeqCst: register before the futex re-checks `word` (see `publish`).
     sleepers.fetch_add(1, Ordering::SeqCst);
     let r = futex_wait_slice(word, seen, slice);
     sleepers.fetch_sub(1, Ordering::SeqCst);
@@ -372,9 +720,10 @@ mod tests {
     }
 
     #[test]
-    fn header_is_128_bytes() {
+    fn header_is_192_bytes() {
         assert_eq!(std::mem::size_of::<RingHeader>(), HEADER_SIZE);
         assert_eq!(std::mem::offset_of!(RingHeader, lock), 64);
+        assert_eq!(std::mem::offset_of!(RingHeader, unfinished), 128);
     }
 
     #[test]
@@ -387,9 +736,14 @@ mod tests {
         for i in 0..2000usize {
             let msg: Vec<u8> = (0..i % 121).map(|j| (i + j) as u8).collect();
             while ring
-                .try_push(&me, &[&msg[..msg.len() / 2], &msg[msg.len() / 2..]])
+                .try_push(
+                    &me,
+                    None,
+                    0,
+                    &[&msg[..msg.len() / 2], &msg[msg.len() / 2..]],
+                )
                 .unwrap()
-                == Push::Full
+                == Push::FullBytes
             {
                 assert_eq!(ring.try_pop(&me).unwrap(), expect.pop_front());
             }
@@ -407,13 +761,22 @@ mod tests {
         let (_seg, ring) = new_ring(256, 2);
         let me = Me::current();
         assert_eq!(ring.max_payload(), 120);
-        assert_eq!(ring.try_push(&me, &[&[0u8; 121]]).unwrap(), Push::TooBig);
-        assert_eq!(ring.try_push(&me, &[&[1u8; 120]]).unwrap(), Push::Done);
-        assert_eq!(ring.try_push(&me, &[b"x"]).unwrap(), Push::Done);
+        assert_eq!(
+            ring.try_push(&me, None, 0, &[&[0u8; 121]]).unwrap(),
+            Push::TooBig
+        );
+        assert_eq!(
+            ring.try_push(&me, None, 0, &[&[1u8; 120]]).unwrap(),
+            Push::Done
+        );
+        assert_eq!(ring.try_push(&me, None, 0, &[b"x"]).unwrap(), Push::Done);
         // max_items reached, although bytes remain.
-        assert_eq!(ring.try_push(&me, &[b"y"]).unwrap(), Push::Full);
+        assert_eq!(
+            ring.try_push(&me, None, 0, &[b"y"]).unwrap(),
+            Push::FullItems
+        );
         assert_eq!(ring.try_pop(&me).unwrap().unwrap(), vec![1u8; 120]);
-        assert_eq!(ring.try_push(&me, &[b"y"]).unwrap(), Push::Done);
+        assert_eq!(ring.try_push(&me, None, 0, &[b"y"]).unwrap(), Push::Done);
     }
 
     #[test]
@@ -426,7 +789,10 @@ mod tests {
             .join()
             .unwrap();
         let me = Me::current();
-        assert_eq!(ring.try_push(&me, &[b"after"]).unwrap(), Push::Done);
+        assert_eq!(
+            ring.try_push(&me, None, 0, &[b"after"]).unwrap(),
+            Push::Done
+        );
         assert_eq!(ring.try_pop(&me).unwrap().unwrap(), b"after");
     }
 
@@ -446,9 +812,9 @@ mod tests {
                     let msg = [p.to_le_bytes(), i.to_le_bytes()].concat();
                     loop {
                         let seen = ring.not_full_seq();
-                        match ring.try_push(&me, &[&msg]).unwrap() {
+                        match ring.try_push(&me, None, 0, &[&msg]).unwrap() {
                             Push::Done => break,
-                            Push::Full => {
+                            Push::FullItems | Push::FullBytes => {
                                 ring.wait_not_full(seen, Duration::from_millis(20)).unwrap()
                             }
                             Push::TooBig => unreachable!(),
@@ -489,7 +855,7 @@ mod tests {
         }
         let me = Me::current();
         for _ in 0..2 {
-            while ring.try_push(&me, &[]).unwrap() != Push::Done {}
+            while ring.try_push(&me, None, 0, &[]).unwrap() != Push::Done {}
         }
         for t in consumers {
             t.join().unwrap();

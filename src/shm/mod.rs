@@ -40,6 +40,12 @@ impl Segment {
     /// Maps an existing memfd of at least `len` bytes (one received from a parent). A file
     /// shorter than `len` is refused: touching the mapping past its end would raise SIGBUS.
     pub fn map(fd: OwnedFd, len: usize) -> io::Result<Segment> {
+        Segment::map_with(fd, len, false)
+    }
+
+    /// As [`Segment::map`]; with `populate`, the pages are mapped up front (one call instead of
+    /// a fault per page, for a segment about to be read or written whole).
+    pub fn map_with(fd: OwnedFd, len: usize, populate: bool) -> io::Result<Segment> {
         let size = rustix::fs::fstat(&fd)?.st_size;
         if len == 0 || u64::try_from(size).unwrap_or(0) < len as u64 {
             return Err(io::Error::new(
@@ -47,7 +53,11 @@ impl Segment {
                 format!("shared memory file has {size} bytes, {len} needed"),
             ));
         }
-        let ptr = platform::mmap_shared(fd.as_fd(), len)?;
+        let ptr = if populate {
+            platform::mmap_shared_populated(fd.as_fd(), len)?
+        } else {
+            platform::mmap_shared(fd.as_fd(), len)?
+        };
         Ok(Segment { fd, ptr, len })
     }
 

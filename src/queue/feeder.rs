@@ -1,0 +1,355 @@
+//! The feeder: one Rust thread per queue and process that moves already-pickled messages into
+//! the ring when `put()` found it full, so that `put()` on an unbounded queue never blocks (as
+//! the stdlib's Python feeder thread does). It never touches Python objects and blocks every
+//! signal. It starts lazily, on the first message that does not fit at once.
+//!
+//! Fork rules: a forked child must not use its parent's feeder (the thread does not exist
+//! there and its mutex may be held forever). [`FeederSlot`] keys the feeder by pid: in a child,
+//! the inherited one is abandoned, never locked or freed, and the child starts without a
+//! backlog, as the stdlib's `Queue._after_fork` does.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use super::channel::{Channel, Large};
+use super::{Push, SHUTDOWN_IMMEDIATE};
+use crate::platform;
+use crate::sync::Me;
+
+/// How long the feeder sleeps on the ring before it re-checks for cancellation.
+const FEED_SLICE: Duration = Duration::from_millis(50);
+
+/// A message waiting in this process for room in the ring.
+pub enum Pending {
+    /// A message stored in the ring itself.
+    Inline { tag: u8, data: Vec<u8> },
+    /// A message too large for the ring.
+    Large { tag: u8, msg: Large },
+}
+
+impl Pending {
+    fn push(&self, chan: &Channel, me: &Me) -> io::Result<Push> {
+        let links = chan.links();
+        match self {
+            Pending::Inline { tag, data } => chan.ring().try_push(me, Some(&links), *tag, &[data]),
+            Pending::Large { tag, msg } => {
+                chan.ring()
+                    .try_push_fd(me, &links, *tag, msg.fd.as_fd(), msg.len)
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    backlog: VecDeque<Pending>,
+    /// No more messages will come: exit once the backlog is in the ring.
+    closed: bool,
+    /// The thread was started (it is running unless `exited`).
+    started: bool,
+    exited: bool,
+    /// The last error the thread met (the message it was moving is dropped).
+    error: Option<String>,
+}
+
+struct Shared {
+    chan: Arc<Channel>,
+    state: Mutex<State>,
+    /// Signalled when a message is queued or the feeder is closed/cancelled.
+    wake: Condvar,
+    /// Signalled when a message reached the ring or the thread exited.
+    progress: Condvar,
+    /// Messages queued or in the thread's hands, not yet in the ring (lock-free reads).
+    pending: AtomicUsize,
+    /// Drop the backlog and exit (immediate shutdown).
+    cancelled: AtomicBool,
+    /// Whether the process waits for this feeder at exit (false after `cancel_join_thread`).
+    join_at_exit: AtomicBool,
+    /// The process that runs the thread.
+    pid: i32,
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // The state has no invariant a panic could break halfway: use it after a poison.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn run(&self) {
+        let _ = platform::block_all_signals_in_this_thread();
+        let me = Me::current();
+        loop {
+            let item = {
+                let mut st = self.state();
+                loop {
+                    if self.cancelled.load(Ordering::Acquire) {
+                        let n = st.backlog.len();
+                        st.backlog.clear();
+                        self.pending.fetch_sub(n, Ordering::AcqRel);
+                    }
+                    if let Some(item) = st.backlog.pop_front() {
+                        break Some(item);
+                    }
+                    if st.closed || self.cancelled.load(Ordering::Acquire) {
+                        break None;
+                    }
+                    st = self.wake.wait(st).unwrap_or_else(|p| p.into_inner());
+                }
+            };
+            let Some(item) = item else { break };
+            self.deliver(&me, item);
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            let _g = self.state();
+            self.progress.notify_all();
+        }
+        let mut st = self.state();
+        st.exited = true;
+        self.progress.notify_all();
+    }
+
+    /// Waits at most `slice` for the thread to have exited (true), or for it never to have
+    /// started. Progress (a message delivered) also ends the wait early.
+    fn wait_exited(&self, slice: Duration) -> bool {
+        let st = self.state();
+        if !st.started || st.exited {
+            return true;
+        }
+        let (st, _) = self
+            .progress
+            .wait_timeout(st, slice)
+            .unwrap_or_else(|p| p.into_inner());
+        !st.started || st.exited
+    }
+
+    fn close(&self) {
+        let mut st = self.state();
+        st.closed = true;
+        self.wake.notify_one();
+    }
+
+    /// Pushes `item`, waiting for room, unless the feeder is cancelled or the queue shut
+    /// down immediately (then the item is dropped).
+    fn deliver(&self, me: &Me, item: Pending) {
+        let ring = self.chan.ring();
+        loop {
+            if self.cancelled.load(Ordering::Acquire) || ring.shutdown_state() == SHUTDOWN_IMMEDIATE
+            {
+                return;
+            }
+            let seen = ring.not_full_seq();
+            match item.push(&self.chan, me) {
+                Ok(Push::Done) => return,
+                Ok(Push::FullItems | Push::FullBytes) => {
+                    let _ = ring.wait_not_full(seen, FEED_SLICE);
+                }
+                Ok(Push::TooBig) => {
+                    // `put` sends messages above the ring's limit as `Large`: unreachable.
+                    self.state().error = Some("message too large for the ring".into());
+                    return;
+                }
+                Err(e) => {
+                    self.state().error = Some(e.to_string());
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Feeders started by this process (and, in a forked child, its parent's: skipped by pid).
+/// Locked only by interpreter threads holding the GIL, so no thread holds it across a fork.
+static LIVE: Mutex<Vec<Weak<Shared>>> = Mutex::new(Vec::new());
+
+fn live() -> MutexGuard<'static, Vec<Weak<Shared>>> {
+    LIVE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A running feeder that the process waits for at exit.
+pub struct ExitJoin(Arc<Shared>);
+
+impl ExitJoin {
+    /// Waits at most `slice` for the feeder to have exited (true).
+    pub fn wait_exited(&self, slice: Duration) -> bool {
+        self.0.wait_exited(slice)
+    }
+}
+
+/// This process's feeders to wait for at exit: each is closed (no more messages come) and
+/// returned. Call with the GIL held (see [`LIVE`]).
+pub fn exit_joins() -> Vec<ExitJoin> {
+    let pid = platform::getpid();
+    let mut live = live();
+    live.retain(|w| w.strong_count() > 0);
+    let mut out = Vec::new();
+    for s in live.iter().filter_map(Weak::upgrade) {
+        if s.pid != pid || !s.join_at_exit.load(Ordering::Acquire) {
+            continue;
+        }
+        s.close();
+        out.push(ExitJoin(s));
+    }
+    out
+}
+
+/// One process's feeder for one queue.
+pub struct Feeder {
+    pid: i32,
+    shared: Arc<Shared>,
+}
+
+impl Feeder {
+    fn new(chan: Arc<Channel>) -> Feeder {
+        Feeder {
+            pid: platform::getpid(),
+            shared: Arc::new(Shared {
+                chan,
+                state: Mutex::new(State::default()),
+                wake: Condvar::new(),
+                progress: Condvar::new(),
+                pending: AtomicUsize::new(0),
+                cancelled: AtomicBool::new(false),
+                join_at_exit: AtomicBool::new(true),
+                pid: platform::getpid(),
+            }),
+        }
+    }
+
+    /// Messages of this process not yet in the ring.
+    pub fn pending(&self) -> usize {
+        self.shared.pending.load(Ordering::Acquire)
+    }
+
+    /// Queues `item` behind the backlog, starting the thread if needed.
+    pub fn enqueue(&self, item: Pending) -> io::Result<()> {
+        let mut st = self.shared.state();
+        if st.closed {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the queue's feeder is closed",
+            ));
+        }
+        if !st.started {
+            let shared = Arc::clone(&self.shared);
+            std::thread::Builder::new()
+                .name("rmp-queue-feeder".into())
+                .stack_size(64 * 1024)
+                .spawn(move || shared.run())?;
+            st.started = true;
+            live().push(Arc::downgrade(&self.shared));
+        }
+        st.backlog.push_back(item);
+        self.shared.pending.fetch_add(1, Ordering::AcqRel);
+        self.shared.wake.notify_one();
+        Ok(())
+    }
+
+    /// No more messages: the thread exits once its backlog is in the ring.
+    pub fn close(&self) {
+        self.shared.close();
+    }
+
+    /// Drops the backlog; the thread exits soon (within one wait slice).
+    pub fn cancel(&self) {
+        self.shared.cancelled.store(true, Ordering::Release);
+        let _g = self.shared.state();
+        self.shared.wake.notify_one();
+    }
+
+    /// Waits at most `slice` for the thread to have exited (true), or for it never to have
+    /// started.
+    pub fn wait_exited(&self, slice: Duration) -> bool {
+        self.shared.wait_exited(slice)
+    }
+
+    /// Do not wait for this feeder at exit (`cancel_join_thread`).
+    pub fn cancel_exit_join(&self) {
+        self.shared.join_at_exit.store(false, Ordering::Release);
+    }
+
+    /// The last error the thread met, if any (taken).
+    pub fn take_error(&self) -> Option<String> {
+        self.shared.state().error.take()
+    }
+}
+
+impl Drop for Feeder {
+    fn drop(&mut self) {
+        // The thread keeps its own `Arc` and finishes the backlog (as the stdlib's feeder
+        // does for a queue dropped without close); tell it nothing more comes.
+        if self.pid == platform::getpid() {
+            self.close();
+        }
+    }
+}
+
+/// A lazily created feeder that belongs to the process that created it (see the module
+/// documentation on fork). Lock-free, so a fork at any moment leaves it usable.
+pub struct FeederSlot {
+    ptr: AtomicPtr<Feeder>,
+}
+
+impl Default for FeederSlot {
+    fn default() -> Self {
+        FeederSlot {
+            ptr: AtomicPtr::new(std::ptr::null_mut()),
+        }
+    }
+}
+
+impl FeederSlot {
+    /// This process's feeder, if it made one.
+    pub fn get(&self) -> Option<&Feeder> {
+        // Acquire: pairs with the Release of the CAS in `get_or_create`.
+        let p = self.ptr.load(Ordering::Acquire);
+        // SAFETY: a non-null pointer came from `Box::into_raw` in `get_or_create` and is
+        // freed only by `drop` (which has `&mut self`) or never (inherited across a fork).
+        let f = unsafe { p.as_ref() }?;
+        (f.pid == platform::getpid()).then_some(f)
+    }
+
+    /// This process's feeder, made now if needed.
+    pub fn get_or_create(&self, chan: &Arc<Channel>) -> &Feeder {
+        loop {
+            let cur = self.ptr.load(Ordering::Acquire);
+            // SAFETY: as in `get`.
+            if let Some(f) = unsafe { cur.as_ref() } {
+                if f.pid == platform::getpid() {
+                    return f;
+                }
+            }
+            // Absent, or inherited from the parent: replace it. An inherited one is leaked on
+            // purpose: its thread and its lock belong to the parent.
+            let new = Box::into_raw(Box::new(Feeder::new(Arc::clone(chan))));
+            // Release: publishes the new feeder; pairs with the Acquire loads.
+            match self
+                .ptr
+                .compare_exchange(cur, new, Ordering::AcqRel, Ordering::Acquire)
+            {
+                // SAFETY: just published; never freed while `self` lives (see `get`).
+                Ok(_) => return unsafe { &*new },
+                // SAFETY: `new` was never shared: free it and look again.
+                Err(_) => drop(unsafe { Box::from_raw(new) }),
+            }
+        }
+    }
+}
+
+impl Drop for FeederSlot {
+    fn drop(&mut self) {
+        let p = *self.ptr.get_mut();
+        if p.is_null() {
+            return;
+        }
+        // SAFETY: the pointer came from `Box::into_raw`; `&mut self` means no reference to it
+        // remains. One inherited from the parent process is leaked instead (see above).
+        unsafe {
+            if (*p).pid == platform::getpid() {
+                drop(Box::from_raw(p));
+            }
+        }
+    }
+}
