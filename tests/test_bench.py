@@ -10,6 +10,7 @@ Why: a benchmark that prints a number for a wrong or hung run is worse than none
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -120,3 +121,35 @@ def test_quick_real_run_prints_ratio_row_and_json(tmp_path):
     assert impls["rmp"]["target"] == 0.9
     assert [f["name"] for f in report["floors"]] == ["floor.fork_exit"]
     assert "| process_start.fork (per process) | stdlib |" in out_md.read_text()
+
+
+QUEUE_SCENARIOS = (
+    "queue.spsc_64b",
+    "queue.mpmc_4x4",
+    "queue.simplequeue_small",
+    "queue.joinable_small",
+    "queue.msg_1mib",
+    "queue.bytes_64mib",
+    "queue.numpy_64mib",
+    "queue.batch_100",
+    "queue.batch_100_single",
+)
+
+
+@pytest.mark.timeout(240)
+def test_queue_scenarios_run_and_verify_on_the_stdlib():
+    """Each queue scenario checks its own result: on the stdlib every one must come out OK
+    with a number (numpy's is skipped, and says so, where numpy is missing)."""
+    proc = _run(
+        "--quick", "--repeat", "1", "--impl", "stdlib", "--scenario", "queue.*", timeout=220,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    has_numpy = importlib.util.find_spec("numpy") is not None
+    for name in QUEUE_SCENARIOS:
+        if name == "queue.numpy_64mib" and not has_numpy:
+            assert "queue.numpy_64mib (no numpy)" in proc.stdout, proc.stdout
+            continue
+        row = rf"^{re.escape(name)}\s+stdlib\s+[\d.]+ [mu]?s \["
+        assert re.search(row, proc.stdout, re.M), proc.stdout
+    assert "floor pickle dumps+loads" in proc.stdout
+    assert "floor memcpy 64 MiB" in proc.stdout

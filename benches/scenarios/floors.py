@@ -2,8 +2,9 @@
 
 What: raw ``os.fork`` + ``os._exit`` + ``waitpid``; a 1-byte ``os.pipe`` round trip between two
 forked Python processes; a futex round trip through ``rmp._core.Segment``; ``python -c pass``
-and ``python -I -S -c pass`` start-up; a 64 MiB copy into fresh pages; and raw forked
-processes doing the ~1 ms CPU task of the Pool scenarios.
+and ``python -I -S -c pass`` start-up; a 64 MiB copy into fresh pages; raw forked processes
+doing the ~1 ms CPU task of the Pool scenarios; ``pickle.dumps`` + ``pickle.loads`` of the
+small item of the queue scenarios.
 
 Why: a ratio to the stdlib says how much faster rmp is, a floor says how much room is left.
 Each scenario names the floors that bound it and the report prints them beside its ratio.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import pickle
 import struct
 import sys
 
@@ -201,6 +203,28 @@ def memcpy_64mib(_mod, quick):
         finally:
             dst.close()
     return result(k, meter, bad == 0, "%d copies of 64 MiB, %d mismatched" % (k, bad))
+
+
+@floor(
+    "floor.pickle_small",
+    unit="item",
+    label="pickle dumps+loads",
+    doc="pickle.dumps + pickle.loads of a (producer, seq) tuple in one process",
+)
+def pickle_small(_mod, quick):
+    """What a queue that pickles pays per item even with a free transport: the small item of
+    the queue scenarios, pickled (default protocol, as the stdlib's Queue) and unpickled."""
+    n = 1000000 if quick else 3000000
+    dumps, loads = pickle.dumps, pickle.loads
+    for s in range(1000):  # warm-up
+        loads(dumps((0, s)))
+    wrong = 0
+    meter = Meter()
+    with meter:
+        for s in range(n):
+            if loads(dumps((0, s)))[1] != s:
+                wrong += 1
+    return result(n, meter, wrong == 0, "%d round trips through pickle, %d wrong" % (n, wrong))
 
 
 CPU_PROCS = 2

@@ -62,7 +62,7 @@ _OOB = 0x82  # pickle protocol 5 with out-of-band buffers: header, pickle, buffe
 _OOB_MIN = 16 * 1024
 _ALIGN = 64
 
-_OK, _FULL, _SHUT = 0, 1, 2
+_OK, _FULL, _SHUT, _FED = 0, 1, 2, 3
 _loads = ForkingPickler.loads
 
 
@@ -275,14 +275,23 @@ class Queue:
         """Put ``obj`` on the queue (pickled here: a pickling error raises here)."""
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
-        msg = self._encode(obj)
-        if msg is None:
-            return
-        r = self._chan.put(msg[0], msg[1], block, timeout)
+        cls = obj.__class__
+        if cls is bytes:
+            r = self._chan.put(_BYTES, obj, block, timeout)
+        else:
+            msg = self._encode(obj)
+            if msg is None:
+                return
+            r = self._chan.put(msg[0], msg[1], block, timeout)
         if r:
-            raise Full if r == _FULL else ShutDown
-        if not self._feeding and self._chan.pending():
-            self._started_feeding()
+            self._put_status(r)
+
+    def _put_status(self, r):
+        if r == _FED:
+            if not self._feeding:
+                self._started_feeding()
+            return
+        raise Full if r == _FULL else ShutDown
 
     def put_many(self, objs, block=True, timeout=None):
         """Put every object of the iterable ``objs``, in order (an rmp extra). Each is pickled
@@ -313,7 +322,12 @@ class Queue:
             raise ValueError(f"Queue {self!r} is closed")
         r = self._chan.get(block, timeout)
         if r.__class__ is tuple:
-            return _decode(*r)
+            tag, data = r
+            if tag == _PICKLE:
+                return _loads(data)
+            if tag == _BYTES and data.__class__ is bytes:
+                return data
+            return _decode(tag, data)
         raise Empty if r == _FULL else ShutDown
 
     def get_many(self, max_items, block=True, timeout=None):
@@ -406,10 +420,9 @@ class JoinableQueue(Queue):
             chan.tasks_done(1)
             raise
         if r:
-            chan.tasks_done(1)
-            raise Full if r == _FULL else ShutDown
-        if not self._feeding and chan.pending():
-            self._started_feeding()
+            if r != _FED:
+                chan.tasks_done(1)
+            self._put_status(r)
 
     def put_many(self, objs, block=True, timeout=None):
         if self._closed:

@@ -26,11 +26,15 @@ use crate::sync::Me;
 
 /// `put` results.
 const PUT_OK: u8 = 0;
+/// Done, and the message went to this process's backlog (the feeder moves it).
+const PUT_FED: u8 = 3;
 const PUT_FULL: u8 = 1;
 const PUT_SHUTDOWN: u8 = 2;
 /// `get` results other than a message.
 const GET_EMPTY: u8 = 1;
 const GET_SHUTDOWN: u8 = 2;
+/// How long a blocked `get`/`put` spins before it sleeps (see `Ring::spin_not_empty`).
+const SPIN: std::time::Duration = std::time::Duration::from_micros(20);
 /// A tag with this bit set comes back as a `bytearray` (writable), others as `bytes`.
 const TAG_WRITABLE: u8 = 0x80;
 
@@ -127,27 +131,10 @@ impl Channel {
         ring.try_push_fd(me, &links, tag, std::os::fd::AsFd::as_fd(&msg.fd), msg.len)
     }
 
-    fn enqueue(&self, tag: u8, parts: &[&[u8]], large: Option<Large>) -> PyResult<()> {
-        let item = match large {
-            Some(msg) => Pending::Large { tag, msg },
-            None => {
-                let total: usize = parts.iter().map(|p| p.len()).sum();
-                if total > self.chan.ring().max_payload() {
-                    Pending::Large {
-                        tag,
-                        msg: Large::new(parts).map_err(Error::from)?,
-                    }
-                } else {
-                    Pending::Inline {
-                        tag,
-                        data: parts.concat(),
-                    }
-                }
-            }
-        };
+    fn enqueue(&self, tag: u8, parts: &[&[u8]]) -> PyResult<()> {
         self.feeder
             .get_or_create(&self.chan)
-            .enqueue(item)
+            .enqueue(Pending::new(tag, parts.concat()))
             .map_err(|e| Error::from(e).into())
     }
 
@@ -182,19 +169,31 @@ impl Channel {
             match why {
                 Push::Done => return Ok(PUT_OK),
                 Push::FullBytes if feed && self.may_backlog() => {
-                    self.enqueue(tag, parts, large)?;
-                    return Ok(PUT_OK);
+                    // A memfd made for this message is dropped: the backlog keeps bytes.
+                    self.enqueue(tag, parts)?;
+                    return Ok(PUT_FED);
                 }
                 Push::TooBig => unreachable!("large messages go by descriptor"),
                 _ if !block => return Ok(PUT_FULL),
                 _ => {}
             }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(PUT_FULL);
+            }
+            // The wait below returns after every slice: Ctrl-C is answered here too.
+            py.check_signals()?;
+            let mut spin = SPIN;
             let changed = wait_detached(py, deadline, |slice| {
                 if ring.not_full_seq() != seen || ring.shutdown_state() != OPEN {
                     return Ok(Some(()));
                 }
+                if ring.spin_not_full(seen, std::mem::take(&mut spin).min(slice)) {
+                    return Ok(Some(()));
+                }
                 ring.wait_not_full(seen, slice)?;
-                Ok((ring.not_full_seq() != seen).then_some(()))
+                // Retried after each slice too: a consumer killed between its publish and
+                // its bump leaves the word unchanged although room was made.
+                Ok(Some(()))
             })?;
             if changed.is_none() {
                 return Ok(PUT_FULL);
@@ -227,7 +226,7 @@ impl Channel {
                     None
                 } else {
                     Some(Segment::from_core(
-                        CoreSegment::map_with(fd, len, true).map_err(Error::from)?,
+                        CoreSegment::map_with(fd, len, true, false).map_err(Error::from)?,
                     ))
                 };
                 let obj: Py<PyAny> = match seg {
@@ -243,12 +242,18 @@ impl Channel {
     /// down, or the deadline passes (false).
     fn wait_pushed(&self, py: Python<'_>, seen: u32, deadline: Option<Instant>) -> PyResult<bool> {
         let ring = self.chan.ring();
+        let mut spin = SPIN;
         let got = wait_detached(py, deadline, |slice| {
             if ring.not_empty_seq() != seen || ring.shutdown_state() != OPEN {
                 return Ok(Some(()));
             }
+            if ring.spin_not_empty(seen, std::mem::take(&mut spin).min(slice)) {
+                return Ok(Some(()));
+            }
             ring.wait_not_empty(seen, slice)?;
-            Ok((ring.not_empty_seq() != seen).then_some(()))
+            // A producer killed between its publish and its bump leaves the word unchanged:
+            // after each slice, the ring itself says whether to look again.
+            Ok((ring.not_empty_seq() != seen || !ring.is_empty()).then_some(()))
         })?;
         Ok(got.is_some())
     }
@@ -273,7 +278,12 @@ impl Channel {
             if state != OPEN {
                 return Ok(GET_SHUTDOWN.into_pyobject(py)?.unbind().into_any());
             }
-            if !block || !self.wait_pushed(py, seen, deadline)? {
+            let late = deadline.is_some_and(|d| Instant::now() >= d);
+            if !late && block {
+                // The wait may return without a message (another consumer took it).
+                py.check_signals()?;
+            }
+            if !block || late || !self.wait_pushed(py, seen, deadline)? {
                 return Ok(GET_EMPTY.into_pyobject(py)?.unbind().into_any());
             }
         }
@@ -346,21 +356,18 @@ impl Channel {
         recv_fd: RawFd,
         eventfd: Option<RawFd>,
     ) -> PyResult<Self> {
-        if [segment_fd, send_fd, recv_fd, eventfd.unwrap_or(0)]
-            .iter()
-            .any(|&fd| fd < 0)
-        {
-            return Err(PyValueError::new_err("invalid file descriptor"));
-        }
-        // SAFETY: the caller hands these descriptors over (documented above).
-        let (seg, send, recv, ev) = unsafe {
-            (
-                crate::platform::owned_fd(segment_fd),
-                crate::platform::owned_fd(send_fd),
-                crate::platform::owned_fd(recv_fd),
-                eventfd.map(|fd| crate::platform::owned_fd(fd)),
-            )
+        let own = |fd: RawFd| {
+            // SAFETY: the caller hands these descriptors over (documented above); each valid
+            // one is owned from here on, so it is closed on every error path below.
+            (fd >= 0).then(|| unsafe { crate::platform::owned_fd(fd) })
         };
+        let (seg, send, recv) = (own(segment_fd), own(send_fd), own(recv_fd));
+        let ev = eventfd.map(own);
+        let (Some(seg), Some(send), Some(recv), None | Some(Some(_))) = (seg, send, recv, &ev)
+        else {
+            return Err(PyValueError::new_err("invalid file descriptor"));
+        };
+        let ev = ev.flatten();
         Ok(Channel {
             chan: Arc::new(CoreChannel::open(seg, capacity, send, recv, ev).map_err(Error::from)?),
             feeder: FeederSlot::default(),
@@ -401,7 +408,8 @@ impl Channel {
     /// `tag`. With `feed`, a message that finds no room joins this process's backlog, which a
     /// Rust thread moves into the ring (a bounded queue counts the backlog against its size);
     /// without, or when the size limit is reached, it waits for room unless `block` is
-    /// false, at most `timeout` seconds. Returns 0 (done), 1 (full) or 2 (shut down).
+    /// false, at most `timeout` seconds. Returns 0 (done), 3 (done, into the backlog), 1
+    /// (full) or 2 (shut down).
     #[pyo3(signature = (tag, data, block=true, timeout=None, feed=true))]
     fn put(
         &self,
@@ -455,7 +463,7 @@ impl Channel {
                 let slices: Vec<&[u8]> = parts.iter().map(|p| p.bytes()).collect();
                 self.put_one(py, &me, *tag, &slices, &how)?
             };
-            if status != PUT_OK {
+            if status != PUT_OK && status != PUT_FED {
                 return Ok((i, status));
             }
         }

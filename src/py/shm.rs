@@ -113,8 +113,11 @@ impl Segment {
     }
 
     /// The memfd.
-    fn fileno(&self) -> RawFd {
-        self.inner.fd().as_raw_fd()
+    fn fileno(&self) -> PyResult<RawFd> {
+        self.inner
+            .fd()
+            .map(|f| f.as_raw_fd())
+            .ok_or_else(|| PyValueError::new_err("this segment's descriptor was closed"))
     }
 
     /// Benchmark floor: plays `rounds` turns of a futex ping-pong on the 32-bit word at

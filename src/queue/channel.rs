@@ -93,7 +93,7 @@ impl Channel {
     /// The ring's memfd, the socket ends and the eventfd, to pass to a child.
     pub fn fds(&self) -> [Option<std::os::fd::BorrowedFd<'_>>; 4] {
         [
-            Some(self.seg.fd()),
+            self.seg.fd(),
             Some(self.send.as_fd()),
             Some(self.recv.as_fd()),
             self.evfd.as_ref().map(|f| f.as_fd()),

@@ -23,24 +23,36 @@ use crate::sync::Me;
 /// How long the feeder sleeps on the ring before it re-checks for cancellation.
 const FEED_SLICE: Duration = Duration::from_millis(50);
 
-/// A message waiting in this process for room in the ring.
-pub enum Pending {
-    /// A message stored in the ring itself.
-    Inline { tag: u8, data: Vec<u8> },
-    /// A message too large for the ring.
-    Large { tag: u8, msg: Large },
+/// A message waiting in this process for room in the ring. It stays in memory (a message
+/// too large for the ring gets its memfd only when it is about to be sent), so a long
+/// backlog costs no descriptors.
+pub struct Pending {
+    tag: u8,
+    data: Vec<u8>,
+    large: Option<Large>,
 }
 
 impl Pending {
-    fn push(&self, chan: &Channel, me: &Me) -> io::Result<Push> {
-        let links = chan.links();
-        match self {
-            Pending::Inline { tag, data } => chan.ring().try_push(me, Some(&links), *tag, &[data]),
-            Pending::Large { tag, msg } => {
-                chan.ring()
-                    .try_push_fd(me, &links, *tag, msg.fd.as_fd(), msg.len)
-            }
+    /// A message of `data` tagged `tag`.
+    pub fn new(tag: u8, data: Vec<u8>) -> Pending {
+        Pending {
+            tag,
+            data,
+            large: None,
         }
+    }
+
+    fn push(&mut self, chan: &Channel, me: &Me) -> io::Result<Push> {
+        let links = chan.links();
+        let ring = chan.ring();
+        if self.data.len() <= ring.max_payload() {
+            return ring.try_push(me, Some(&links), self.tag, &[&self.data]);
+        }
+        if self.large.is_none() {
+            self.large = Some(Large::new(&[&self.data])?);
+        }
+        let msg = self.large.as_ref().expect("made above");
+        ring.try_push_fd(me, &links, self.tag, msg.fd.as_fd(), msg.len)
     }
 }
 
@@ -133,7 +145,7 @@ impl Shared {
 
     /// Pushes `item`, waiting for room, unless the feeder is cancelled or the queue shut
     /// down immediately (then the item is dropped).
-    fn deliver(&self, me: &Me, item: Pending) {
+    fn deliver(&self, me: &Me, mut item: Pending) {
         let ring = self.chan.ring();
         loop {
             if self.cancelled.load(Ordering::Acquire) || ring.shutdown_state() == SHUTDOWN_IMMEDIATE

@@ -2,7 +2,7 @@
 //! (`channel` owns a ring with its side channels, `feeder` is the per-process thread that
 //! moves a backlog into it).
 //!
-//! One [`RingHeader`] (`#[repr(C)]`, 192 bytes, versioned) followed by `capacity` bytes of
+//! One [`RingHeader`] (`#[repr(C)]`, 512 bytes, versioned) followed by `capacity` bytes of
 //! data, all in one `MAP_SHARED` mapping. Messages are records: an 8-byte header (length,
 //! kind, tag) and the payload padded to 8 bytes. A record never straddles the end of the data
 //! area: a writer that would cross it first writes a *wrap* record that tells readers to
@@ -10,20 +10,28 @@
 //! `SCM_RIGHTS` socket, and the ring carries a 16-byte *fd record* (sequence number, length)
 //! in its place, in order with the others.
 //!
-//! Writers and readers serialise on a recursive-mutex [`SemState`] embedded in the header,
-//! whose holder is recorded, so that a process killed while holding it does not wedge the
-//! others (the next one takes it over). What a killed holder leaves behind is harmless by
-//! construction (*commit, then publish*): a writer copies the record into free space and only
-//! then advances `tail`; a reader copies the payload out and only then advances `head`. A
-//! writer killed mid-copy leaves no visible message; a reader killed mid-copy leaves the
-//! message in place for the next reader. For fd records, the socket message carries the
+//! **Two locks** (a two-lock queue): producers serialise on one recursive-mutex [`SemState`],
+//! consumers on another, each in its own cache line, and each side writes only its own line
+//! of the header (`tail` + `not_empty` for producers, `head` + `not_full` for consumers). A
+//! producer reads `head` only when its cached copy says there is no room, a consumer reads
+//! `tail` only when its cached copy says the ring is empty; so one producer and one consumer
+//! move few cache lines per message. Each lock records its holder, so that a process killed
+//! while holding it does not wedge the others (the next one takes it over).
+//!
+//! **Commit, then publish**: a producer copies the record into free space and only then
+//! stores `tail` (Release); a consumer copies the payload out and only then stores `head`
+//! (Release). `tail` and `head` each pack the position (low 32 bits, modulo 2^32; the
+//! capacity is at most 2^30) with the count of messages pushed / popped (high 32 bits), so
+//! one store publishes both and the number of waiting messages (`pushes - pops`) can never
+//! drift. A writer killed mid-copy leaves no visible message; a reader killed mid-copy leaves
+//! the message in place for the next reader. For fd records, the socket message carries the
 //! record's sequence number, so a descriptor whose record was never committed (writer killed
 //! between the send and the publish) is discarded, and a record whose descriptor was taken by
 //! a killed reader is dropped: each costs only the killed process's own message.
 //!
-//! Sleepers wait on two sequence words (`not_empty`, `not_full`) that every push and pop bump,
-//! and are woken only when someone sleeps. A `JoinableQueue`'s unfinished-task count and the
-//! queue's shutdown state live in the header too.
+//! Sleepers wait on the sequence words `not_empty` / `not_full`, bumped after every push /
+//! pop, and are woken only when someone sleeps. A `JoinableQueue`'s unfinished-task count and
+//! the queue's shutdown state live in the header too.
 
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
@@ -41,19 +49,22 @@ pub mod feeder;
 /// `b"RMPQ"`: marks an initialised [`RingHeader`].
 pub const RING_MAGIC: u32 = u32::from_le_bytes(*b"RMPQ");
 /// Layout version of [`RingHeader`] and of the record format.
-pub const RING_VERSION: u32 = 2;
+pub const RING_VERSION: u32 = 3;
 /// Bytes before the data area.
-pub const HEADER_SIZE: usize = 192;
+pub const HEADER_SIZE: usize = 512;
 /// Bytes of a record header.
 pub const RECORD_HEADER: usize = 8;
+/// The largest capacity: positions are kept modulo 2^32, so the distance between `head` and
+/// `tail` must stay far below it.
+pub const MAX_CAPACITY: u32 = 1 << 30;
 /// Bytes of an fd record's payload: sequence number and message length, both u64 LE.
 const FD_RECORD: usize = 16;
 
 const KIND_MESSAGE: u32 = 0;
 const KIND_WRAP: u32 = 1;
 const KIND_FD: u32 = 2;
-/// How long one attempt to take the ring's lock may sleep before the caller re-checks (the
-/// lock is held only for a copy, so this is rarely reached).
+/// How long one attempt to take a lock may sleep before the caller re-checks (a lock is held
+/// only for a copy, so this is rarely reached).
 const LOCK_SLICE: Duration = Duration::from_millis(50);
 
 /// `shutdown` values.
@@ -63,55 +74,80 @@ pub const SHUTDOWN: u32 = 1;
 /// `shutdown(immediate=True)`: the ring was drained; puts and gets fail.
 pub const SHUTDOWN_IMMEDIATE: u32 = 2;
 
-/// The ring's shared header. Field by field:
-#[repr(C)]
+/// A `head`/`tail` word: (count << 32) | position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct End {
+    pos: u32,
+    count: u32,
+}
+
+impl End {
+    fn unpack(w: u64) -> End {
+        End {
+            pos: w as u32,
+            count: (w >> 32) as u32,
+        }
+    }
+    fn pack(self) -> u64 {
+        (u64::from(self.count) << 32) | u64::from(self.pos)
+    }
+}
+
+/// The ring's shared header, one cache line per writer. Field by field:
+#[repr(C, align(64))]
 #[derive(Debug)]
 pub struct RingHeader {
-    // ---- line 0: positions and wait words
+    // ---- line 0: written once by `init`, then read-mostly
     /// [`RING_MAGIC`], written last by `init` (Release).
     magic: AtomicU32,
     /// [`RING_VERSION`].
     version: AtomicU32,
-    /// Bytes of the data area: a power of two, at least 64. Written once by `init`.
+    /// Bytes of the data area: a power of two, 64 ..= [`MAX_CAPACITY`].
     capacity: AtomicU32,
-    /// Most messages the ring holds at once (`u32::MAX`: only bytes limit it). Written once.
+    /// Most messages the ring holds at once (`u32::MAX`: only bytes limit it).
     max_items: AtomicU32,
-    /// Futex word bumped after every push (Release): consumers sleep on it.
-    not_empty: AtomicU32,
-    /// Futex word bumped after every pop (Release): producers sleep on it.
-    not_full: AtomicU32,
-    /// Consumers registered as sleeping on `not_empty`.
-    empty_sleepers: AtomicU32,
-    /// Producers registered as sleeping on `not_full`.
-    full_sleepers: AtomicU32,
-    /// Messages committed and not yet consumed, updated under the lock right after the
-    /// publish (a holder killed between the two stores leaves it off by one: `qsize()` is
-    /// approximate, as the stdlib documents it to be).
-    items: AtomicU32,
     /// [`OPEN`], [`SHUTDOWN`] or [`SHUTDOWN_IMMEDIATE`]; only ever grows.
     shutdown: AtomicU32,
-    /// Read position in bytes since creation (monotonic; `% capacity` in the data area).
-    /// Advanced under the lock after a record is copied out (the publish of a pop).
-    head: AtomicU64,
-    /// Write position in bytes since creation. Advanced under the lock after a record is
-    /// copied in (the publish of a push).
-    tail: AtomicU64,
-    /// The last sequence number given to an fd record (under the lock, before the send).
-    fd_seq: AtomicU64,
-    // ---- line 1
-    /// The ring's lock (recursive-mutex kind, holder recorded), in a cache line of its own.
-    lock: SemState,
-    // ---- line 2: JoinableQueue and SimpleQueue state
-    /// Messages put and not yet marked done (`JoinableQueue`); also the futex word `join()`
-    /// sleeps on.
-    unfinished: AtomicU32,
-    /// Threads sleeping in `join()`.
-    join_sleepers: AtomicU32,
     /// 1 once the readiness eventfd is kept (a `SimpleQueue` whose `_reader` was asked for):
-    /// from then on every push adds one to it and every pop takes one, under the lock.
+    /// from then on every push adds one to it (before publishing) and every pop takes one
+    /// (after publishing), so its count is never below the messages waiting.
     evfd_armed: AtomicU32,
-    /// Reserved, zero.
-    _reserved: [u32; 13],
+    _pad0: [u32; 10],
+    // ---- line 1: written by producers (under `push_lock`)
+    /// [`End`] of the write side: position after the last committed record, and messages
+    /// pushed since creation. Stored (Release) after the record is copied in: the publish.
+    tail: AtomicU64,
+    /// The last sequence number given to an fd record (before its descriptor is sent).
+    fd_seq: AtomicU64,
+    /// Futex word bumped after every push (Release): consumers sleep on it.
+    not_empty: AtomicU32,
+    _pad1: [u32; 11],
+    // ---- line 2: written by consumers (under `pop_lock`)
+    /// [`End`] of the read side: position of the oldest record, and messages popped since
+    /// creation. Stored (Release) after the payload is copied out: the publish of a pop.
+    head: AtomicU64,
+    /// Futex word bumped after every pop (Release): producers sleep on it.
+    not_full: AtomicU32,
+    _pad2: [u32; 13],
+    // ---- line 3: written only by sleepers
+    /// Consumers sleeping on `not_empty`.
+    empty_sleepers: AtomicU32,
+    /// Producers sleeping on `not_full`.
+    full_sleepers: AtomicU32,
+    /// Threads sleeping in `join()` on `unfinished`.
+    join_sleepers: AtomicU32,
+    _pad3: [u32; 13],
+    // ---- line 4: JoinableQueue
+    /// Messages put and not yet marked done; also the futex word `join()` sleeps on.
+    unfinished: AtomicU32,
+    _pad4: [u32; 15],
+    // ---- lines 5, 6: the locks (recursive-mutex kind, holder recorded)
+    /// Serialises producers.
+    push_lock: SemState,
+    /// Serialises consumers.
+    pop_lock: SemState,
+    // ---- line 7
+    _reserved: [u32; 16],
 }
 
 /// What a push did.
@@ -154,14 +190,26 @@ pub struct Links<'a> {
     pub evfd: Option<BorrowedFd<'a>>,
 }
 
-/// A view of a ring in a mapping.
+/// A view of a ring in a mapping, with this process's cached copies of the other side's end.
+/// A copy is trusted only while this process made the last push (for `seen_head`) or pop
+/// (for `seen_tail`): then it is at most one ring behind, never stale enough for the 32-bit
+/// arithmetic to wrap, and a stale copy only looks fuller (emptier) than the truth, which
+/// makes us re-read before refusing.
 pub struct Ring {
     hdr: NonNull<RingHeader>,
     data: NonNull<u8>,
+    /// Producers' copy of `head`.
+    seen_head: AtomicU64,
+    /// The `tail` this process's last push stored (`u64::MAX`: none).
+    my_tail: AtomicU64,
+    /// Consumers' copy of `tail`.
+    seen_tail: AtomicU64,
+    /// The `head` this process's last pop stored (`u64::MAX`: none).
+    my_head: AtomicU64,
 }
 
 // SAFETY: the ring is shared memory accessed through atomics and, for the data area, under
-// the ring's lock; the view holds no thread-affine state.
+// the side's lock; the view holds no thread-affine state.
 unsafe impl Send for Ring {}
 // SAFETY: as above.
 unsafe impl Sync for Ring {}
@@ -171,8 +219,8 @@ pub fn segment_size(capacity: usize) -> usize {
     HEADER_SIZE + capacity
 }
 
-fn record_len(payload: usize) -> u64 {
-    (RECORD_HEADER + payload.div_ceil(8) * 8) as u64
+fn record_len(payload: usize) -> u32 {
+    (RECORD_HEADER + payload.div_ceil(8) * 8) as u32
 }
 
 fn kind_word(kind: u32, tag: u8) -> u32 {
@@ -191,6 +239,10 @@ impl Ring {
             hdr: base.cast(),
             // SAFETY: the caller guarantees the mapping extends past the header.
             data: unsafe { base.add(HEADER_SIZE) },
+            seen_head: AtomicU64::new(0),
+            my_tail: AtomicU64::new(u64::MAX),
+            seen_tail: AtomicU64::new(0),
+            my_head: AtomicU64::new(u64::MAX),
         }
     }
 
@@ -200,19 +252,21 @@ impl Ring {
         unsafe { self.hdr.as_ref() }
     }
 
-    /// Initialises a zeroed ring of `capacity` data bytes (a power of two, ≥ 64) holding at
-    /// most `max_items` messages. Must run before the ring is shared.
+    /// Initialises a zeroed ring of `capacity` data bytes (a power of two, 64 ..=
+    /// [`MAX_CAPACITY`]) holding at most `max_items` messages. Must run before the ring is
+    /// shared.
     pub fn init(&self, capacity: u32, max_items: u32) -> io::Result<()> {
-        if !capacity.is_power_of_two() || capacity < 64 {
+        if !capacity.is_power_of_two() || !(64..=MAX_CAPACITY).contains(&capacity) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                "ring capacity must be a power of two >= 64",
+                "ring capacity must be a power of two between 64 and 2**30",
             ));
         }
         let h = self.hdr();
         h.capacity.store(capacity, Ordering::Relaxed);
         h.max_items.store(max_items.max(1), Ordering::Relaxed);
-        h.lock.init(Kind::RecursiveMutex, 1, 1);
+        h.push_lock.init(Kind::RecursiveMutex, 1, 1);
+        h.pop_lock.init(Kind::RecursiveMutex, 1, 1);
         h.version.store(RING_VERSION, Ordering::Relaxed);
         // Release: publishes the fields above; pairs with the Acquire in `check`.
         h.magic.store(RING_MAGIC, Ordering::Release);
@@ -224,7 +278,8 @@ impl Ring {
         let h = self.hdr();
         h.magic.load(Ordering::Acquire) == RING_MAGIC
             && h.version.load(Ordering::Relaxed) == RING_VERSION
-            && h.lock.check()
+            && h.push_lock.check()
+            && h.pop_lock.check()
     }
 
     /// Data bytes.
@@ -237,9 +292,14 @@ impl Ring {
         self.hdr().max_items.load(Ordering::Relaxed) as usize
     }
 
-    /// Messages waiting (racy by nature: `qsize()`).
+    /// Messages waiting (racy by nature: `qsize()`), from the two ends' counts.
     pub fn len(&self) -> usize {
-        self.hdr().items.load(Ordering::Relaxed) as usize
+        let h = self.hdr();
+        // Head first: a pop between the loads can only make the result larger than some
+        // true value, never negative.
+        let head = End::unpack(h.head.load(Ordering::Acquire));
+        let tail = End::unpack(h.tail.load(Ordering::Acquire));
+        tail.count.wrapping_sub(head.count) as usize
     }
 
     /// Whether no message waits (racy by nature).
@@ -254,8 +314,7 @@ impl Ring {
         self.capacity() / 2 - RECORD_HEADER
     }
 
-    fn lock(&self, me: &Me) -> io::Result<()> {
-        let l = &self.hdr().lock;
+    fn lock(l: &SemState, me: &Me) -> io::Result<()> {
         if l.try_lock(me) {
             return Ok(());
         }
@@ -267,45 +326,45 @@ impl Ring {
         }
     }
 
-    fn unlock(&self, me: &Me) {
+    fn unlock(l: &SemState, me: &Me) {
         // Cannot fail: `lock` made us the holder and nothing releases in between.
-        let _ = self.hdr().lock.release(me);
+        let _ = l.release(me);
     }
 
     /// Copies `len` bytes at ring position `pos` (not crossing the end) into `dst`.
     ///
     /// # Safety
-    /// The caller holds the lock, `dst` is writable for `len` bytes, and
+    /// The caller holds the pop lock, `dst` is writable for `len` bytes, and
     /// `pos % cap + len <= cap`.
-    unsafe fn read_at(&self, pos: u64, dst: *mut u8, len: usize) {
-        let off = (pos % self.capacity() as u64) as usize;
-        // SAFETY: in bounds per the contract; the lock excludes concurrent writers of these
-        // bytes (a committed record is only rewritten after it is popped).
+    unsafe fn read_at(&self, pos: u32, dst: *mut u8, len: usize) {
+        let off = pos as usize & (self.capacity() - 1);
+        // SAFETY: in bounds per the contract; a committed record is only rewritten after its
+        // pop is published, and we hold the pop lock.
         unsafe { std::ptr::copy_nonoverlapping(self.data.as_ptr().add(off), dst, len) }
     }
 
     /// Copies `src` to ring position `pos` (not crossing the end).
     ///
     /// # Safety
-    /// The caller holds the lock, the bytes are free space, and `pos % cap + len <= cap`.
-    unsafe fn write_at(&self, pos: u64, src: *const u8, len: usize) {
-        let off = (pos % self.capacity() as u64) as usize;
+    /// The caller holds the push lock, the bytes are free space, and `pos % cap + len <= cap`.
+    unsafe fn write_at(&self, pos: u32, src: *const u8, len: usize) {
+        let off = pos as usize & (self.capacity() - 1);
         // SAFETY: in bounds and free per the contract; readers never look past `tail`.
         unsafe { std::ptr::copy_nonoverlapping(src, self.data.as_ptr().add(off), len) }
     }
 
-    fn write_record_header(&self, pos: u64, len: u32, kind: u32) {
+    fn write_record_header(&self, pos: u32, len: u32, kind: u32) {
         let mut h = [0u8; RECORD_HEADER];
         h[..4].copy_from_slice(&len.to_le_bytes());
         h[4..].copy_from_slice(&kind.to_le_bytes());
-        // SAFETY: called under the lock on free space; records are 8-aligned, so the header
-        // never crosses the end.
+        // SAFETY: called under the push lock on free space; records are 8-aligned, so the
+        // header never crosses the end.
         unsafe { self.write_at(pos, h.as_ptr(), RECORD_HEADER) }
     }
 
-    fn read_record_header(&self, pos: u64) -> (u32, u32) {
+    fn read_record_header(&self, pos: u32) -> (u32, u32) {
         let mut h = [0u8; RECORD_HEADER];
-        // SAFETY: under the lock, a committed record (8-aligned: never crosses the end).
+        // SAFETY: under the pop lock, a committed record (8-aligned: never crosses the end).
         unsafe { self.read_at(pos, h.as_mut_ptr(), RECORD_HEADER) };
         (
             u32::from_le_bytes([h[0], h[1], h[2], h[3]]),
@@ -313,44 +372,61 @@ impl Ring {
         )
     }
 
-    /// Under the lock: where a record of `payload` bytes goes (after a wrap record, if one
-    /// is written), or why it cannot go now.
-    fn reserve(&self, payload: usize) -> Result<u64, Push> {
+    /// Under the push lock: the current tail and where a record of `payload` bytes goes
+    /// (after a wrap record, written here if needed), or why it cannot go now.
+    fn reserve(&self, payload: usize) -> Result<(End, u32), Push> {
         let h = self.hdr();
-        let cap = self.capacity() as u64;
+        let cap = self.capacity() as u32;
         let need = record_len(payload);
-        let head = h.head.load(Ordering::Relaxed);
-        let tail = h.tail.load(Ordering::Relaxed);
-        let to_end = cap - tail % cap;
+        let tail = End::unpack(h.tail.load(Ordering::Relaxed));
+        let to_end = cap - (tail.pos & (cap - 1));
         let wrap = if need > to_end { to_end } else { 0 };
-        if h.items.load(Ordering::Relaxed) >= h.max_items.load(Ordering::Relaxed) {
-            return Err(Push::FullItems);
-        }
-        if tail - head + wrap + need > cap {
-            return Err(Push::FullBytes);
+        let max_items = h.max_items.load(Ordering::Relaxed);
+        let fits = |head: End| -> Result<(), Push> {
+            if tail.count.wrapping_sub(head.count) >= max_items {
+                return Err(Push::FullItems);
+            }
+            if tail.pos.wrapping_sub(head.pos) + wrap + need > cap {
+                return Err(Push::FullBytes);
+            }
+            Ok(())
+        };
+        // The cached head first (a stale one only looks fuller); re-read before refusing.
+        let trusted = self.my_tail.load(Ordering::Relaxed) == tail.pack();
+        if !trusted || fits(End::unpack(self.seen_head.load(Ordering::Relaxed))).is_err() {
+            // Acquire: pairs with the Release store of `head` in `try_pop_with`: the space
+            // it frees was read out before.
+            let head = h.head.load(Ordering::Acquire);
+            self.seen_head.store(head, Ordering::Relaxed);
+            fits(End::unpack(head))?;
         }
         if wrap > 0 {
-            self.write_record_header(tail, (wrap as usize - RECORD_HEADER) as u32, KIND_WRAP);
+            self.write_record_header(tail.pos, wrap - RECORD_HEADER as u32, KIND_WRAP);
         }
-        Ok(tail + wrap)
+        Ok((tail, tail.pos.wrapping_add(wrap)))
     }
 
-    /// Under the lock: publishes a record written at `at` with `payload` bytes.
-    fn publish(&self, me: &Me, links: Option<&Links<'_>>, at: u64, payload: usize) {
+    /// Under the push lock: publishes a record written at `at` with `payload` bytes, then
+    /// releases the lock and wakes a sleeping consumer.
+    fn publish(&self, me: &Me, links: Option<&Links<'_>>, tail: End, at: u32, payload: usize) {
         let h = self.hdr();
-        // Publish: only now is the record visible. Release pairs with the Acquire load of
-        // `tail` by readers (under the lock as well; the ordering also covers lock-free
-        // observers such as `len`).
-        h.tail.store(at + record_len(payload), Ordering::Release);
-        h.items.fetch_add(1, Ordering::Relaxed);
         if let Some(evfd) = links.and_then(|l| l.evfd) {
-            if h.evfd_armed.load(Ordering::Relaxed) != 0 {
+            // Before the publish: the count is never below the messages waiting.
+            if h.evfd_armed.load(Ordering::Acquire) != 0 {
                 let _ = platform::eventfd_add(evfd, 1);
             }
         }
-        self.unlock(me);
+        let new = End {
+            pos: at.wrapping_add(record_len(payload)),
+            count: tail.count.wrapping_add(1),
+        };
+        // Publish: only now is the record visible. Release pairs with the consumers'
+        // Acquire load of `tail`.
+        h.tail.store(new.pack(), Ordering::Release);
+        self.my_tail.store(new.pack(), Ordering::Relaxed);
         // Release: pairs with the Acquire load in `not_empty_seq`.
         h.not_empty.fetch_add(1, Ordering::Release);
+        Ring::unlock(&h.push_lock, me);
         // SeqCst: the bump above must be ordered before this load, against a sleeper's
         // increment of `empty_sleepers` and its re-check (a Dekker pair with `wait_on`).
         if h.empty_sleepers.load(Ordering::SeqCst) > 0 {
@@ -370,23 +446,24 @@ impl Ring {
         if payload > self.max_payload() {
             return Ok(Push::TooBig);
         }
-        self.lock(me)?;
-        let at = match self.reserve(payload) {
-            Ok(at) => at,
+        let h = self.hdr();
+        Ring::lock(&h.push_lock, me)?;
+        let (tail, at) = match self.reserve(payload) {
+            Ok(v) => v,
             Err(why) => {
-                self.unlock(me);
+                Ring::unlock(&h.push_lock, me);
                 return Ok(why);
             }
         };
-        let mut pos = at + RECORD_HEADER as u64;
+        let mut pos = at.wrapping_add(RECORD_HEADER as u32);
         for p in parts {
-            // SAFETY: under the lock, into free space (checked by `reserve`), within one
+            // SAFETY: under the push lock, into free space (checked by `reserve`), within one
             // contiguous stretch (the wrap record moved us to the start when needed).
             unsafe { self.write_at(pos, p.as_ptr(), p.len()) };
-            pos += p.len() as u64;
+            pos = pos.wrapping_add(p.len() as u32);
         }
         self.write_record_header(at, payload as u32, kind_word(KIND_MESSAGE, tag));
-        self.publish(me, links, at, payload);
+        self.publish(me, links, tail, at, payload);
         Ok(Push::Done)
     }
 
@@ -400,42 +477,47 @@ impl Ring {
         fd: BorrowedFd<'_>,
         len: u64,
     ) -> io::Result<Push> {
-        self.lock(me)?;
-        let at = match self.reserve(FD_RECORD) {
-            Ok(at) => at,
+        let h = self.hdr();
+        Ring::lock(&h.push_lock, me)?;
+        let (tail, at) = match self.reserve(FD_RECORD) {
+            Ok(v) => v,
             Err(why) => {
-                self.unlock(me);
+                Ring::unlock(&h.push_lock, me);
                 return Ok(why);
             }
         };
-        let h = self.hdr();
         // The sequence number is taken before the send: a writer killed after the send and
         // before the publish leaves a descriptor with a number no record will ever carry.
         let seq = h.fd_seq.fetch_add(1, Ordering::Relaxed) + 1;
         match platform::send_with_fd(links.send, &seq.to_le_bytes(), fd) {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                // The socket's buffer is full of descriptors not yet taken: as full.
-                self.unlock(me);
-                return Ok(Push::FullBytes);
-            }
             Err(e) => {
-                self.unlock(me);
+                Ring::unlock(&h.push_lock, me);
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    // The socket's buffer is full of descriptors not yet taken: as full.
+                    return Ok(Push::FullBytes);
+                }
                 return Err(e);
             }
         }
         let mut rec = [0u8; FD_RECORD];
         rec[..8].copy_from_slice(&seq.to_le_bytes());
         rec[8..].copy_from_slice(&len.to_le_bytes());
-        // SAFETY: under the lock, into the free space `reserve` checked, one stretch.
-        unsafe { self.write_at(at + RECORD_HEADER as u64, rec.as_ptr(), FD_RECORD) };
+        // SAFETY: under the push lock, into the free space `reserve` checked, one stretch.
+        unsafe {
+            self.write_at(
+                at.wrapping_add(RECORD_HEADER as u32),
+                rec.as_ptr(),
+                FD_RECORD,
+            )
+        };
         self.write_record_header(at, FD_RECORD as u32, kind_word(KIND_FD, tag));
-        self.publish(me, Some(links), at, FD_RECORD);
+        self.publish(me, Some(links), tail, at, FD_RECORD);
         Ok(Push::Done)
     }
 
-    /// Under the lock: the descriptor sent with fd record `seq`, if it is still on the side
-    /// socket. Older descriptors (whose writer died before committing) are closed on the way.
+    /// Under the pop lock: the descriptor sent with fd record `seq`, if it is still on the
+    /// side socket. Older descriptors (whose writer died before committing) are closed.
     fn take_fd(&self, recv: BorrowedFd<'_>, seq: u64) -> io::Result<Option<OwnedFd>> {
         let mut buf = [0u8; 8];
         loop {
@@ -463,8 +545,8 @@ impl Ring {
     }
 
     /// Takes the oldest message, if any. `alloc(tag, len)` provides the destination of an
-    /// inline message (called under the ring's lock: it must not block or re-enter the
-    /// ring). Records whose message was lost by a killed process are skipped.
+    /// inline message (called under the pop lock: it must not block or re-enter the ring).
+    /// Records whose message was lost by a killed process are skipped.
     pub fn try_pop_with<T, F>(
         &self,
         me: &Me,
@@ -474,22 +556,23 @@ impl Ring {
     where
         F: FnOnce(u8, usize) -> io::Result<(T, *mut u8)>,
     {
-        let cap = self.capacity() as u64;
         let h = self.hdr();
-        self.lock(me)?;
+        // Cheap early exit without the lock: nothing committed since our last look.
+        if !self.has_records() {
+            return Ok(None);
+        }
+        Ring::lock(&h.pop_lock, me)?;
         let mut alloc = Some(alloc);
         let got = loop {
-            let mut head = h.head.load(Ordering::Relaxed);
-            // Acquire: pairs with the Release store of `tail` in `publish`.
-            let tail = h.tail.load(Ordering::Acquire);
-            if head == tail {
+            let head = End::unpack(h.head.load(Ordering::Relaxed));
+            if !self.has_records_after(head, true) {
                 break None;
             }
-            let (mut len, mut kind) = self.read_record_header(head);
+            let mut pos = head.pos;
+            let (mut len, mut kind) = self.read_record_header(pos);
             if kind & 0xff == KIND_WRAP {
-                head += RECORD_HEADER as u64 + u64::from(len);
-                debug_assert_eq!(head % cap, 0);
-                (len, kind) = self.read_record_header(head);
+                pos = pos.wrapping_add(RECORD_HEADER as u32 + len);
+                (len, kind) = self.read_record_header(pos);
             }
             let tag = (kind >> 8) as u8;
             let len = len as usize;
@@ -498,7 +581,11 @@ impl Ring {
                     let mut rec = [0u8; FD_RECORD];
                     // SAFETY: a committed fd record holds FD_RECORD payload bytes.
                     unsafe {
-                        self.read_at(head + RECORD_HEADER as u64, rec.as_mut_ptr(), FD_RECORD)
+                        self.read_at(
+                            pos.wrapping_add(RECORD_HEADER as u32),
+                            rec.as_mut_ptr(),
+                            FD_RECORD,
+                        )
                     };
                     let seq = u64::from_le_bytes(rec[..8].try_into().unwrap_or_default());
                     let mlen = u64::from_le_bytes(rec[8..].try_into().unwrap_or_default());
@@ -517,38 +604,67 @@ impl Ring {
                     let (data, dst) = match alloc(tag, len) {
                         Ok(v) => v,
                         Err(e) => {
-                            self.unlock(me);
+                            Ring::unlock(&h.pop_lock, me);
                             return Err(e);
                         }
                     };
                     // SAFETY: a committed record of `len` payload bytes lies after its header
                     // within one contiguous stretch; `alloc` gave `len` writable bytes.
-                    unsafe { self.read_at(head + RECORD_HEADER as u64, dst, len) };
+                    unsafe { self.read_at(pos.wrapping_add(RECORD_HEADER as u32), dst, len) };
                     Some(Popped::Inline { tag, data })
                 }
             };
-            // Publish the pop only after the copy.
-            h.head.store(head + record_len(len), Ordering::Release);
-            h.items.fetch_sub(1, Ordering::Relaxed);
+            // Publish the pop only after the copy. Release pairs with the producers'
+            // Acquire load of `head` in `reserve`.
+            let new = End {
+                pos: pos.wrapping_add(record_len(len)),
+                count: head.count.wrapping_add(1),
+            };
+            h.head.store(new.pack(), Ordering::Release);
+            self.my_head.store(new.pack(), Ordering::Relaxed);
             if let Some(evfd) = links.and_then(|l| l.evfd) {
-                if h.evfd_armed.load(Ordering::Relaxed) != 0 {
+                // After the publish: the count is never below the messages waiting.
+                if h.evfd_armed.load(Ordering::Acquire) != 0 {
                     let _ = platform::eventfd_take(evfd);
                 }
             }
+            // Release: pairs with the Acquire load in `not_full_seq`.
+            h.not_full.fetch_add(1, Ordering::Release);
             if item.is_some() {
                 break item;
             }
             // A lost fd message: it is gone; look at the next record.
         };
-        self.unlock(me);
-        if got.is_some() {
-            // Release / SeqCst: as in `publish`, for the producers' side.
-            h.not_full.fetch_add(1, Ordering::Release);
-            if h.full_sleepers.load(Ordering::SeqCst) > 0 {
-                let _ = platform::futex_wake(&h.not_full, 1);
-            }
+        Ring::unlock(&h.pop_lock, me);
+        if got.is_some() && h.full_sleepers.load(Ordering::SeqCst) > 0 {
+            // SeqCst: as in `publish`, for the producers' side.
+            let _ = platform::futex_wake(&h.not_full, 1);
         }
         Ok(got)
+    }
+
+    /// Whether a record waits (a hint outside the pop lock, exact under it).
+    fn has_records(&self) -> bool {
+        let head = End::unpack(self.hdr().head.load(Ordering::Relaxed));
+        self.has_records_after(head, false)
+    }
+
+    /// Whether a record waits at `head`: from the cached tail when it is trusted and shows
+    /// one (ahead of `head`), else from a fresh read of `tail`, which refreshes the cache
+    /// when `locked` (the pop lock is held: the only writer of the cache).
+    fn has_records_after(&self, head: End, locked: bool) -> bool {
+        if self.my_head.load(Ordering::Relaxed) == head.pack() {
+            let seen = End::unpack(self.seen_tail.load(Ordering::Relaxed));
+            if (seen.count.wrapping_sub(head.count) as i32) > 0 {
+                return true;
+            }
+        }
+        // Acquire: pairs with the Release store of `tail` in `publish`: the record is in.
+        let tail = self.hdr().tail.load(Ordering::Acquire);
+        if locked {
+            self.seen_tail.store(tail, Ordering::Relaxed);
+        }
+        End::unpack(tail).count != head.count
     }
 
     /// Takes the oldest message as a vector, if any (tests and the feeder-less paths).
@@ -583,27 +699,34 @@ impl Ring {
         Ok(n)
     }
 
-    /// Makes the readiness eventfd count the waiting messages from now on (idempotent).
+    /// Makes the readiness eventfd count the waiting messages from now on (idempotent). Takes
+    /// both locks (push, then pop: the only place that holds both), so the count it starts
+    /// from is exact.
     pub fn arm_eventfd(&self, me: &Me, evfd: BorrowedFd<'_>) -> io::Result<()> {
         let h = self.hdr();
         if h.evfd_armed.load(Ordering::Acquire) != 0 {
             return Ok(());
         }
-        self.lock(me)?;
+        Ring::lock(&h.push_lock, me)?;
+        if let Err(e) = Ring::lock(&h.pop_lock, me) {
+            Ring::unlock(&h.push_lock, me);
+            return Err(e);
+        }
         let r = if h.evfd_armed.load(Ordering::Relaxed) == 0 {
-            let n = h.items.load(Ordering::Relaxed);
+            let n = self.len() as u64;
             let r = if n > 0 {
-                platform::eventfd_add(evfd, u64::from(n))
+                platform::eventfd_add(evfd, n)
             } else {
                 Ok(())
             };
-            // Release: pairs with the Acquire fast check above.
+            // Release: pairs with the Acquire loads in `publish` and `try_pop_with`.
             h.evfd_armed.store(1, Ordering::Release);
             r
         } else {
             Ok(())
         };
-        self.unlock(me);
+        Ring::unlock(&h.pop_lock, me);
+        Ring::unlock(&h.push_lock, me);
         r
     }
 
@@ -615,6 +738,19 @@ impl Ring {
     /// The `not_full` sequence value to wait from (read before trying to push).
     pub fn not_full_seq(&self) -> u32 {
         self.hdr().not_full.load(Ordering::Acquire)
+    }
+
+    /// Spins up to `budget` for a push after `seen` (true if one came). A wake-up costs
+    /// tens of microseconds on a busy machine, and a producer that finds no sleeper skips its
+    /// wake call: a short spin before sleeping saves both sides a system call when messages
+    /// flow. Bounded, so that a waiting consumer does not burn a core.
+    pub fn spin_not_empty(&self, seen: u32, budget: Duration) -> bool {
+        spin_while(&self.hdr().not_empty, seen, budget)
+    }
+
+    /// As [`Ring::spin_not_empty`], for a pop after `seen`.
+    pub fn spin_not_full(&self, seen: u32, budget: Duration) -> bool {
+        spin_while(&self.hdr().not_full, seen, budget)
     }
 
     /// Sleeps at most `slice` unless a push happened since `seen` was read.
@@ -695,6 +831,22 @@ impl Ring {
     }
 }
 
+fn spin_while(word: &AtomicU32, seen: u32, budget: Duration) -> bool {
+    let start = std::time::Instant::now();
+    loop {
+        for _ in 0..64 {
+            // Acquire: pairs with the Release bump in `publish` / `try_pop_with`.
+            if word.load(Ordering::Acquire) != seen {
+                return true;
+            }
+            std::hint::spin_loop();
+        }
+        if start.elapsed() >= budget {
+            return false;
+        }
+    }
+}
+
 fn wait_on(word: &AtomicU32, sleepers: &AtomicU32, seen: u32, slice: Duration) -> io::Result<()> {
     // SeqCst: register before the futex re-checks `word` (see `publish`).
     sleepers.fetch_add(1, Ordering::SeqCst);
@@ -720,10 +872,14 @@ mod tests {
     }
 
     #[test]
-    fn header_is_192_bytes() {
+    fn header_is_one_line_per_writer() {
         assert_eq!(std::mem::size_of::<RingHeader>(), HEADER_SIZE);
-        assert_eq!(std::mem::offset_of!(RingHeader, lock), 64);
-        assert_eq!(std::mem::offset_of!(RingHeader, unfinished), 128);
+        assert_eq!(std::mem::offset_of!(RingHeader, tail), 64);
+        assert_eq!(std::mem::offset_of!(RingHeader, head), 128);
+        assert_eq!(std::mem::offset_of!(RingHeader, empty_sleepers), 192);
+        assert_eq!(std::mem::offset_of!(RingHeader, unfinished), 256);
+        assert_eq!(std::mem::offset_of!(RingHeader, push_lock), 320);
+        assert_eq!(std::mem::offset_of!(RingHeader, pop_lock), 384);
     }
 
     #[test]
@@ -784,10 +940,15 @@ mod tests {
         let (_seg, ring) = new_ring(256, u32::MAX);
         let ring = Arc::new(ring);
         let r2 = Arc::clone(&ring);
-        // A thread takes the ring's lock and dies with it (as a process killed mid-push).
-        std::thread::spawn(move || r2.lock(&Me::current()).unwrap())
-            .join()
-            .unwrap();
+        // A thread takes both locks and dies with them (as a process killed mid-push or
+        // mid-pop).
+        std::thread::spawn(move || {
+            let me = Me::current();
+            Ring::lock(&r2.hdr().push_lock, &me).unwrap();
+            Ring::lock(&r2.hdr().pop_lock, &me).unwrap();
+        })
+        .join()
+        .unwrap();
         let me = Me::current();
         assert_eq!(
             ring.try_push(&me, None, 0, &[b"after"]).unwrap(),

@@ -13,7 +13,10 @@ use crate::platform;
 /// One shared mapping of a memfd.
 #[derive(Debug)]
 pub struct Segment {
-    fd: OwnedFd,
+    /// The memfd, unless the segment was mapped for reading only once (a queue's large
+    /// message): the mapping does not need it, and keeping it would cost a descriptor per
+    /// message kept alive.
+    fd: Option<OwnedFd>,
     ptr: NonNull<u8>,
     len: usize,
 }
@@ -40,12 +43,13 @@ impl Segment {
     /// Maps an existing memfd of at least `len` bytes (one received from a parent). A file
     /// shorter than `len` is refused: touching the mapping past its end would raise SIGBUS.
     pub fn map(fd: OwnedFd, len: usize) -> io::Result<Segment> {
-        Segment::map_with(fd, len, false)
+        Segment::map_with(fd, len, false, true)
     }
 
     /// As [`Segment::map`]; with `populate`, the pages are mapped up front (one call instead of
-    /// a fault per page, for a segment about to be read or written whole).
-    pub fn map_with(fd: OwnedFd, len: usize, populate: bool) -> io::Result<Segment> {
+    /// a fault per page, for a segment about to be read or written whole); without `keep_fd`,
+    /// the descriptor is closed once mapped.
+    pub fn map_with(fd: OwnedFd, len: usize, populate: bool, keep_fd: bool) -> io::Result<Segment> {
         let size = rustix::fs::fstat(&fd)?.st_size;
         if len == 0 || u64::try_from(size).unwrap_or(0) < len as u64 {
             return Err(io::Error::new(
@@ -58,12 +62,16 @@ impl Segment {
         } else {
             platform::mmap_shared(fd.as_fd(), len)?
         };
-        Ok(Segment { fd, ptr, len })
+        Ok(Segment {
+            fd: keep_fd.then_some(fd),
+            ptr,
+            len,
+        })
     }
 
-    /// The descriptor, for passing to a child.
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+    /// The descriptor, for passing to a child (`None` if it was closed once mapped).
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.fd.as_ref().map(|f| f.as_fd())
     }
 
     /// Size in bytes.
@@ -106,7 +114,7 @@ mod tests {
     #[test]
     fn two_mappings_share_bytes() {
         let a = Segment::create(4096).unwrap();
-        let fd2 = a.fd().try_clone_to_owned().unwrap();
+        let fd2 = a.fd().unwrap().try_clone_to_owned().unwrap();
         let b = Segment::map(fd2, 4096).unwrap();
         // SAFETY: both pointers are valid for 4096 bytes; single-threaded test.
         unsafe {
