@@ -27,7 +27,8 @@ from rmp import _core
 pytestmark = pytest.mark.timeout(120)
 
 UNBOUNDED = 0xFFFFFFFF
-OK, FULL, SHUT, FED = 0, 1, 2, 3  # put's results (FED: done, into the backlog); get's are a message, FULL (empty) or SHUT
+# put's results (FED: done, into the backlog); get's are a message, FULL (empty) or SHUT
+OK, FULL, SHUT, FED = 0, 1, 2, 3
 RECORD_HEADER = 8
 
 
