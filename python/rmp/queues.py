@@ -75,59 +75,58 @@ def _capacity(capacity):
     return capacity
 
 
-class _Encoder:
-    """A pickler kept per thread and reused for every message: building a ``ForkingPickler``
-    copies the whole reducer table, which costs more than pickling a small object. Its
-    reducer table is refreshed when ``copyreg`` or ``ForkingPickler.register`` grew."""
+def _new_encoder():
+    """An ``encode(obj) -> (tag, data)`` with its own pickler, reused for every message of one
+    thread: building a ``ForkingPickler`` copies the whole reducer table, which costs more
+    than pickling a small object. The table is refreshed when ``copyreg`` or
+    ``ForkingPickler.register`` grew. A call re-entered from a ``__reduce__`` (or a signal
+    handler) gets a fresh encoder."""
+    buf = io.BytesIO()
+    buffers = []
 
-    __slots__ = ("buf", "buffers", "pickler", "key", "busy")
-
-    def __init__(self):
-        self.buf = io.BytesIO()
-        self.buffers = []
-        self.pickler = ForkingPickler(self.buf, 5, True, self._keep_big)
-        self.key = None
-        self.busy = False
-
-    def _keep_big(self, pb):
+    def keep_big(pb):
         try:
             raw = pb.raw()
         except BufferError:  # not contiguous: in band
             return True
         if raw.nbytes < _OOB_MIN:
             return True
-        self.buffers.append(raw)
+        buffers.append(raw)
         return False
 
-    def encode(self, obj):
-        """``(tag, data)`` for ``obj``: data is bytes-like or a list of bytes-like parts."""
-        cls = obj.__class__
-        if cls is bytes:
-            return _BYTES, obj
-        if cls is bytearray:
-            return _BYTEARRAY, obj
-        if self.busy:  # re-entered from a __reduce__: use a fresh pickler
-            return _Encoder().encode(obj)
-        key = (len(copyreg.dispatch_table), len(ForkingPickler._extra_reducers))
-        if key != self.key:
-            table = dict(copyreg.dispatch_table)
-            table.update(ForkingPickler._extra_reducers)
-            self.pickler.dispatch_table = table
-            self.key = key
-        buf = self.buf
-        self.busy = True
+    pickler = ForkingPickler(buf, 5, True, keep_big)
+    seek, truncate, getvalue = buf.seek, buf.truncate, buf.getvalue
+    clear, dump = pickler.clear_memo, pickler.dump
+    extra = ForkingPickler._extra_reducers
+    table = copyreg.dispatch_table
+    seen = -1  # size of the reducer tables the pickler's copy was made from
+    busy = False
+
+    def encode(obj):
+        nonlocal seen, busy
+        if busy:
+            return _new_encoder()(obj)
+        n = len(table) + (len(extra) << 20)
+        if n != seen:
+            merged = dict(table)
+            merged.update(extra)
+            pickler.dispatch_table = merged
+            seen = n
+        busy = True
         try:
-            buf.seek(0)
-            buf.truncate()
-            self.pickler.clear_memo()
-            self.pickler.dump(obj)
+            seek(0)
+            truncate()
+            clear()
+            dump(obj)
         finally:
-            self.busy = False
-        buffers = self.buffers
+            busy = False
         if not buffers:
-            return _PICKLE, buf.getvalue()
-        self.buffers = []
-        return _OOB, _frame(buf.getvalue(), buffers)
+            return _PICKLE, getvalue()
+        framed = _frame(getvalue(), buffers)
+        buffers.clear()
+        return _OOB, framed
+
+    return encode
 
 
 def _frame(data, buffers):
@@ -153,16 +152,17 @@ _local = threading.local()
 
 
 def _encode(obj):
+    """``(tag, data)`` for ``obj``: data is bytes-like or a list of bytes-like parts."""
     cls = obj.__class__
     if cls is bytes:
         return _BYTES, obj
     if cls is bytearray:
         return _BYTEARRAY, obj
     try:
-        enc = _local.encoder
+        enc = _local.encode
     except AttributeError:
-        enc = _local.encoder = _Encoder()
-    return enc.encode(obj)
+        enc = _local.encode = _new_encoder()
+    return enc(obj)
 
 
 def _decode(tag, data):
@@ -258,6 +258,8 @@ class Queue:
         return "<%s.%s object at %#x>" % (type(self).__module__, type(self).__qualname__, id(self))
 
     def _encode(self, obj):
+        """``(tag, data)``, or None when pickling failed and a subclass's
+        ``_on_queue_feeder_error`` took the error."""
         try:
             return _encode(obj)
         except Exception as e:
@@ -275,14 +277,17 @@ class Queue:
         """Put ``obj`` on the queue (pickled here: a pickling error raises here)."""
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
-        cls = obj.__class__
-        if cls is bytes:
+        if obj.__class__ is bytes:
             r = self._chan.put(_BYTES, obj, block, timeout)
         else:
-            msg = self._encode(obj)
-            if msg is None:
+            try:
+                tag, data = _encode(obj)
+            except Exception as e:
+                if not self._custom_errors:
+                    raise
+                self._on_queue_feeder_error(e, obj)
                 return
-            r = self._chan.put(msg[0], msg[1], block, timeout)
+            r = self._chan.put(tag, data, block, timeout)
         if r:
             self._put_status(r)
 

@@ -35,6 +35,16 @@ const GET_EMPTY: u8 = 1;
 const GET_SHUTDOWN: u8 = 2;
 /// How long a blocked `get`/`put` spins before it sleeps (see `Ring::spin_not_empty`).
 const SPIN: std::time::Duration = std::time::Duration::from_micros(20);
+
+fn spin_budget() -> std::time::Duration {
+    static S: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
+    *S.get_or_init(|| {
+        std::env::var("RMP_SPIN_US")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(SPIN, std::time::Duration::from_micros)
+    })
+}
 /// A tag with this bit set comes back as a `bytearray` (writable), others as `bytes`.
 const TAG_WRITABLE: u8 = 0x80;
 
@@ -182,7 +192,7 @@ impl Channel {
             }
             // The wait below returns after every slice: Ctrl-C is answered here too.
             py.check_signals()?;
-            let mut spin = SPIN;
+            let mut spin = spin_budget();
             let changed = wait_detached(py, deadline, |slice| {
                 if ring.not_full_seq() != seen || ring.shutdown_state() != OPEN {
                     return Ok(Some(()));
@@ -242,7 +252,7 @@ impl Channel {
     /// down, or the deadline passes (false).
     fn wait_pushed(&self, py: Python<'_>, seen: u32, deadline: Option<Instant>) -> PyResult<bool> {
         let ring = self.chan.ring();
-        let mut spin = SPIN;
+        let mut spin = spin_budget();
         let got = wait_detached(py, deadline, |slice| {
             if ring.not_empty_seq() != seen || ring.shutdown_state() != OPEN {
                 return Ok(Some(()));
@@ -648,16 +658,17 @@ impl Channel {
 
     // ---- SimpleQueue's reader
 
-    /// Makes the eventfd count waiting messages from now on; returns its descriptor.
+    /// Makes the eventfd count waiting messages from now on (repairing a count left too
+    /// high by a producer killed mid-put); returns its descriptor.
     fn arm_eventfd(&self) -> PyResult<RawFd> {
         let links = self.chan.links();
         let Some(ev) = links.evfd else {
             return Err(PyValueError::new_err("this queue has no eventfd"));
         };
-        self.chan
-            .ring()
-            .arm_eventfd(&Me::current(), ev)
-            .map_err(Error::from)?;
+        let me = Me::current();
+        let ring = self.chan.ring();
+        ring.arm_eventfd(&me, ev).map_err(Error::from)?;
+        ring.reconcile_eventfd(&me, ev).map_err(Error::from)?;
         Ok(ev.as_raw_fd())
     }
 }

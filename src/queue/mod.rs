@@ -730,6 +730,35 @@ impl Ring {
         r
     }
 
+    /// Sets the readiness eventfd's count to the messages waiting, under both locks (so no
+    /// producer is between its add and its publish). Repairs the one way the count can
+    /// drift: a producer killed after its add and before its publish leaves it one too high
+    /// (a spurious readiness). Cheap to call when nothing is wrong: it looks first, without
+    /// the locks, whether the eventfd is readable while the ring is empty.
+    pub fn reconcile_eventfd(&self, me: &Me, evfd: BorrowedFd<'_>) -> io::Result<()> {
+        let h = self.hdr();
+        if h.evfd_armed.load(Ordering::Acquire) == 0
+            || !self.is_empty()
+            || !platform::poll_readable(evfd, Some(Duration::ZERO))?
+        {
+            return Ok(());
+        }
+        Ring::lock(&h.push_lock, me)?;
+        if let Err(e) = Ring::lock(&h.pop_lock, me) {
+            Ring::unlock(&h.push_lock, me);
+            return Err(e);
+        }
+        let mut r = Ok(());
+        while let Ok(true) = platform::eventfd_take(evfd) {}
+        let n = self.len() as u64;
+        if n > 0 {
+            r = platform::eventfd_add(evfd, n);
+        }
+        Ring::unlock(&h.pop_lock, me);
+        Ring::unlock(&h.push_lock, me);
+        r
+    }
+
     /// The `not_empty` sequence value to wait from (read before trying to pop).
     pub fn not_empty_seq(&self) -> u32 {
         self.hdr().not_empty.load(Ordering::Acquire)
