@@ -31,6 +31,7 @@ import pickle
 import struct
 import threading
 import types
+from multiprocessing import queues as _std_queues
 from queue import Empty, Full
 
 from . import _core, context
@@ -127,6 +128,65 @@ def _new_encoder():
         return _OOB, framed
 
     return encode
+
+
+def _new_batch_encoder():
+    """An ``encode_many(objs, on_error) -> (blob, bounds)`` for ``put_many``: every object is
+    pickled (in band) into one buffer, each a complete pickle of its own (the memo is cleared
+    between them), so the ring stores each as its own message; ``bounds`` are their ends.
+    ``on_error(e, obj)``, if given, takes an object that fails to pickle (it is left out);
+    otherwise the error raises and nothing is put."""
+    buf = io.BytesIO()
+    pickler = ForkingPickler(buf, 5)
+    seek, truncate, tell, getvalue = buf.seek, buf.truncate, buf.tell, buf.getvalue
+    clear, dump = pickler.clear_memo, pickler.dump
+    extra = ForkingPickler._extra_reducers
+    table = copyreg.dispatch_table
+    seen = -1
+    busy = False
+
+    def encode_many(objs, on_error=None):
+        nonlocal seen, busy
+        if busy:
+            return _new_batch_encoder()(objs, on_error)
+        n = len(table) + (len(extra) << 20)
+        if n != seen:
+            merged = dict(table)
+            merged.update(extra)
+            pickler.dispatch_table = merged
+            seen = n
+        busy = True
+        bounds = []
+        end = 0
+        try:
+            seek(0)
+            truncate()
+            for obj in objs:
+                clear()
+                try:
+                    dump(obj)
+                except Exception as e:
+                    seek(end)
+                    truncate()
+                    if on_error is None:
+                        raise
+                    on_error(e, obj)
+                    continue
+                end = tell()
+                bounds.append(end)
+            return getvalue(), bounds
+        finally:
+            busy = False
+
+    return encode_many
+
+
+def _encode_many(objs, on_error=None):
+    try:
+        enc = _local.encode_many
+    except AttributeError:
+        enc = _local.encode_many = _new_batch_encoder()
+    return enc(objs, on_error)
 
 
 def _frame(data, buffers):
@@ -299,26 +359,21 @@ class Queue:
         raise Full if r == _FULL else ShutDown
 
     def put_many(self, objs, block=True, timeout=None):
-        """Put every object of the iterable ``objs``, in order (an rmp extra). Each is pickled
-        first, so nothing is put if one cannot be. On a bounded queue that stays full, raises
-        ``queue.Full`` after putting as many as fitted in time."""
+        """Put every object of the iterable ``objs``, in order (an rmp extra). All are pickled
+        first, so nothing is put if one cannot be; then as many as fit are committed at once
+        (one lock, one wake-up), each as its own message. On a bounded queue that stays full,
+        raises ``queue.Full`` after putting as many as fitted in time."""
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
-        tags = []
-        datas = []
-        for obj in objs:
-            msg = self._encode(obj)
-            if msg is not None:
-                tags.append(msg[0])
-                datas.append(msg[1])
-        self._put_encoded(tags, datas, block, timeout)
+        self._put_batch(*self._encode_many(objs), block, timeout)
 
-    def _put_encoded(self, tags, datas, block, timeout):
-        done, r = self._chan.put_many(tags, datas, block, timeout)
-        if not self._feeding and self._chan.pending():
-            self._started_feeding()
+    def _encode_many(self, objs):
+        return _encode_many(objs, self._on_queue_feeder_error if self._custom_errors else None)
+
+    def _put_batch(self, blob, bounds, block, timeout):
+        done, r = self._chan.put_batch(_PICKLE, blob, bounds, block, timeout)
         if r:
-            raise Full if r == _FULL else ShutDown
+            self._put_status(r)
         return done
 
     def get(self, block=True, timeout=None):
@@ -344,7 +399,8 @@ class Queue:
             raise ValueError("max_items must be at least 1")
         r = self._chan.get_many(max_items, block, timeout)
         if r.__class__ is list:
-            return [_decode(t, d) for t, d in r]
+            loads = _loads
+            return [loads(d) if t == _PICKLE else _decode(t, d) for t, d in r]
         raise Empty if r == _FULL else ShutDown
 
     def qsize(self):
@@ -403,7 +459,9 @@ class Queue:
 
         traceback.print_exc()
 
-    __class_getitem__ = classmethod(types.GenericAlias)
+    # Subscriptable where the running Python's Queue is (3.12+), as SimpleQueue always is.
+    if hasattr(_std_queues.Queue, "__class_getitem__"):
+        __class_getitem__ = classmethod(types.GenericAlias)
 
 
 class JoinableQueue(Queue):
@@ -432,33 +490,19 @@ class JoinableQueue(Queue):
     def put_many(self, objs, block=True, timeout=None):
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
-        tags = []
-        datas = []
-        for obj in objs:
-            msg = self._encode(obj)
-            if msg is not None:
-                tags.append(msg[0])
-                datas.append(msg[1])
+        blob, bounds = self._encode_many(objs)
         chan = self._chan
-        for _ in tags:
-            chan.task_added()
-        done = 0
+        n = len(bounds)
+        # Counted before the messages can be taken; the ones not put are not tasks.
+        chan.task_added(n)
+        done, r = 0, _OK
         try:
-            done = self._put_encoded(tags, datas, block, timeout)
+            done, r = chan.put_batch(_PICKLE, blob, bounds, block, timeout)
         finally:
-            # The ones not put are not tasks.
-            if len(tags) - done:
-                chan.tasks_done(len(tags) - done)
-
-    def _put_encoded(self, tags, datas, block, timeout):
-        done, r = self._chan.put_many(tags, datas, block, timeout)
-        if not self._feeding and self._chan.pending():
-            self._started_feeding()
+            if n - done:
+                chan.tasks_done(n - done)
         if r:
-            self._chan.tasks_done(len(tags) - done)
-            tags.clear()  # the caller's clean-up has nothing left to undo
-            raise Full if r == _FULL else ShutDown
-        return done
+            self._put_status(r)
 
     def task_done(self):
         """Indicate that a formerly enqueued task is complete."""

@@ -211,41 +211,39 @@ impl Channel {
         }
     }
 
-    /// One attempt to take a message, as the Python object `get` returns.
-    fn try_get(&self, py: Python<'_>, me: &Me) -> PyResult<Option<Py<PyAny>>> {
+    /// One attempt to take up to `max` messages, as the Python objects `get` returns.
+    fn try_get_many(&self, py: Python<'_>, me: &Me, max: usize) -> PyResult<Vec<Py<PyAny>>> {
         let links = self.chan.links();
         let popped = self
             .chan
             .ring()
-            .try_pop_with(me, Some(&links), |tag, len| {
+            .try_pop_many_with(me, Some(&links), max, |tag, len| {
                 // Under the ring's lock with the interpreter attached: a bytes or bytearray
                 // allocation is not tracked by the garbage collector, so it runs no Python
                 // code and cannot re-enter the queue.
                 alloc_message(py, tag, len)
             })
             .map_err(Error::from)?;
-        Ok(match popped {
-            None => None,
-            Some(Popped::Inline { tag, data }) => {
-                Some((tag, data).into_pyobject(py)?.unbind().into_any())
-            }
-            Some(Popped::Fd { tag, fd, len }) => {
-                let len =
-                    usize::try_from(len).map_err(|_| PyValueError::new_err("message too large"))?;
-                let seg = if len == 0 {
-                    None
-                } else {
-                    Some(Segment::from_core(
-                        CoreSegment::map_with(fd, len, true, false).map_err(Error::from)?,
-                    ))
-                };
-                let obj: Py<PyAny> = match seg {
-                    Some(s) => Py::new(py, s)?.into_any(),
-                    None => PyBytes::new(py, b"").unbind().into_any(),
-                };
-                Some((tag, obj).into_pyobject(py)?.unbind().into_any())
-            }
-        })
+        popped
+            .into_iter()
+            .map(|p| match p {
+                Popped::Inline { tag, data } => {
+                    Ok((tag, data).into_pyobject(py)?.unbind().into_any())
+                }
+                Popped::Fd { tag, fd, len } => {
+                    let len = usize::try_from(len)
+                        .map_err(|_| PyValueError::new_err("message too large"))?;
+                    let obj: Py<PyAny> = if len == 0 {
+                        PyBytes::new(py, b"").unbind().into_any()
+                    } else {
+                        let seg =
+                            CoreSegment::map_with(fd, len, true, false).map_err(Error::from)?;
+                        Py::new(py, Segment::from_core(seg))?.into_any()
+                    };
+                    Ok((tag, obj).into_pyobject(py)?.unbind().into_any())
+                }
+            })
+            .collect()
     }
 
     /// Waits (detached, in slices) until a push happens after `seen`, the queue is shut
@@ -268,25 +266,28 @@ impl Channel {
         Ok(got.is_some())
     }
 
-    fn get_one(
+    /// Waits for messages as `get` does and takes up to `max`: a list, or an int status.
+    fn get_some(
         &self,
         py: Python<'_>,
         me: &Me,
+        max: usize,
         block: bool,
         deadline: Option<Instant>,
-    ) -> PyResult<Py<PyAny>> {
+    ) -> PyResult<Result<Vec<Py<PyAny>>, u8>> {
         let ring = self.chan.ring();
         loop {
             let state = ring.shutdown_state();
             if state == SHUTDOWN_IMMEDIATE {
-                return Ok(GET_SHUTDOWN.into_pyobject(py)?.unbind().into_any());
+                return Ok(Err(GET_SHUTDOWN));
             }
             let seen = ring.not_empty_seq();
-            if let Some(v) = self.try_get(py, me)? {
-                return Ok(v);
+            let got = self.try_get_many(py, me, max)?;
+            if !got.is_empty() {
+                return Ok(Ok(got));
             }
             if state != OPEN {
-                return Ok(GET_SHUTDOWN.into_pyobject(py)?.unbind().into_any());
+                return Ok(Err(GET_SHUTDOWN));
             }
             let late = deadline.is_some_and(|d| Instant::now() >= d);
             if !late && block {
@@ -294,10 +295,15 @@ impl Channel {
                 py.check_signals()?;
             }
             if !block || late || !self.wait_pushed(py, seen, deadline)? {
-                return Ok(GET_EMPTY.into_pyobject(py)?.unbind().into_any());
+                return Ok(Err(GET_EMPTY));
             }
         }
     }
+}
+
+/// `bounds` made relative to `from`.
+fn rebase(bounds: &[usize], from: usize) -> Vec<usize> {
+    bounds.iter().map(|b| b - from).collect()
 }
 
 /// A new, uninitialised `bytes` (or `bytearray` for a writable tag) of `len` bytes and the
@@ -480,6 +486,71 @@ impl Channel {
         Ok((tags.len(), PUT_OK))
     }
 
+    /// Puts the messages `blob[bounds[i-1]..bounds[i]]` (`bounds[-1]` taken as 0), all
+    /// tagged `tag`, in order, as `put` does each, but committing as many as fit under one
+    /// lock and one publish. Returns how many were put and the status that stopped it (0:
+    /// all; 3: all, some into the backlog).
+    #[pyo3(signature = (tag, blob, bounds, block=true, timeout=None, feed=true))]
+    #[allow(clippy::too_many_arguments)]
+    fn put_batch(
+        &self,
+        py: Python<'_>,
+        tag: u8,
+        blob: &[u8],
+        bounds: Vec<usize>,
+        block: bool,
+        timeout: Option<f64>,
+        feed: bool,
+    ) -> PyResult<(usize, u8)> {
+        if bounds.windows(2).any(|w| w[0] > w[1]) || bounds.last().is_some_and(|&e| e > blob.len())
+        {
+            return Err(PyValueError::new_err(
+                "bounds must increase within the blob",
+            ));
+        }
+        let me = Me::current();
+        let how = PutMode {
+            block,
+            deadline: if block { deadline(timeout)? } else { None },
+            feed,
+        };
+        let ring = self.chan.ring();
+        let links = self.chan.links();
+        let mut done = 0;
+        let mut fed = false;
+        while done < bounds.len() {
+            let from = if done == 0 { 0 } else { bounds[done - 1] };
+            if ring.shutdown_state() != OPEN {
+                return Ok((done, PUT_SHUTDOWN));
+            }
+            if !(feed && self.backlog() > 0) {
+                let (k, why) = ring
+                    .try_push_batch(
+                        &me,
+                        Some(&links),
+                        tag,
+                        &blob[from..],
+                        &rebase(&bounds[done..], from),
+                    )
+                    .map_err(Error::from)?;
+                done += k;
+                if why == Push::Done || k > 0 {
+                    continue;
+                }
+            }
+            // The next message does not fit now (or is too large for the ring, or a backlog
+            // exists): the single path handles it (backlog, descriptor, or a wait).
+            let msg = &blob[from..bounds[done]];
+            match self.put_one(py, &me, tag, &[msg], &how)? {
+                PUT_OK => {}
+                PUT_FED => fed = true,
+                status => return Ok((done, status)),
+            }
+            done += 1;
+        }
+        Ok((done, if fed { PUT_FED } else { PUT_OK }))
+    }
+
     /// Takes the oldest message: `(tag, bytes | bytearray | Segment)`, or 1 when none came
     /// in time (`block` false, or `timeout` passed), or 2 when the queue is shut down (and
     /// empty, unless immediately).
@@ -487,11 +558,15 @@ impl Channel {
     fn get(&self, py: Python<'_>, block: bool, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
         let me = Me::current();
         let deadline = if block { deadline(timeout)? } else { None };
-        self.get_one(py, &me, block, deadline)
+        Ok(match self.get_some(py, &me, 1, block, deadline)? {
+            Ok(mut v) => v.pop().expect("get_some returns at least one"),
+            Err(code) => code.into_pyobject(py)?.unbind().into_any(),
+        })
     }
 
     /// Takes up to `max_items` messages: waits for the first as `get` does (returning its
-    /// int status if none comes), then takes what is already there. A list of `(tag, data)`.
+    /// int status if none comes), then takes what is already there, under one lock. A list
+    /// of `(tag, data)`.
     #[pyo3(signature = (max_items, block=true, timeout=None))]
     fn get_many(
         &self,
@@ -502,18 +577,12 @@ impl Channel {
     ) -> PyResult<Py<PyAny>> {
         let me = Me::current();
         let deadline = if block { deadline(timeout)? } else { None };
-        let first = self.get_one(py, &me, block, deadline)?;
-        if first.bind(py).cast::<PyTuple>().is_err() {
-            return Ok(first);
-        }
-        let out = PyList::new(py, [first])?;
-        while out.len() < max_items {
-            match self.try_get(py, &me)? {
-                Some(v) => out.append(v)?,
-                None => break,
-            }
-        }
-        Ok(out.unbind().into_any())
+        Ok(
+            match self.get_some(py, &me, max_items.max(1), block, deadline)? {
+                Ok(v) => PyList::new(py, v)?.unbind().into_any(),
+                Err(code) => code.into_pyobject(py)?.unbind().into_any(),
+            },
+        )
     }
 
     /// Waits until a message is there (true) or the timeout passes, without taking it.
@@ -587,9 +656,10 @@ impl Channel {
 
     // ---- JoinableQueue
 
-    /// Counts one more unfinished task.
-    fn task_added(&self) {
-        self.chan.ring().task_added();
+    /// Counts `n` more unfinished tasks.
+    #[pyo3(signature = (n=1))]
+    fn task_added(&self, n: u32) {
+        self.chan.ring().tasks_added(n);
     }
 
     /// Counts `n` tasks done; false (nothing changed) if fewer were unfinished.

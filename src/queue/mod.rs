@@ -372,13 +372,14 @@ impl Ring {
         )
     }
 
-    /// Under the push lock: the current tail and where a record of `payload` bytes goes
-    /// (after a wrap record, written here if needed), or why it cannot go now.
-    fn reserve(&self, payload: usize) -> Result<(End, u32), Push> {
+    /// Under the push lock: where a record of `payload` bytes goes when the ring's tail is
+    /// `tail` (after a wrap record, written here if needed), or why it cannot go now.
+    /// `start` is the header's `tail` when the lock was taken (a batch advances `tail`
+    /// locally before its one publish).
+    fn reserve(&self, start: End, tail: End, payload: usize) -> Result<u32, Push> {
         let h = self.hdr();
         let cap = self.capacity() as u32;
         let need = record_len(payload);
-        let tail = End::unpack(h.tail.load(Ordering::Relaxed));
         let to_end = cap - (tail.pos & (cap - 1));
         let wrap = if need > to_end { to_end } else { 0 };
         let max_items = h.max_items.load(Ordering::Relaxed);
@@ -392,10 +393,10 @@ impl Ring {
             Ok(())
         };
         // The cached head first (a stale one only looks fuller); re-read before refusing.
-        let trusted = self.my_tail.load(Ordering::Relaxed) == tail.pack();
+        let trusted = self.my_tail.load(Ordering::Relaxed) == start.pack();
         if !trusted || fits(End::unpack(self.seen_head.load(Ordering::Relaxed))).is_err() {
-            // Acquire: pairs with the Release store of `head` in `try_pop_with`: the space
-            // it frees was read out before.
+            // Acquire: pairs with the Release store of `head` in `try_pop_many_with`: the
+            // space it frees was read out before.
             let head = h.head.load(Ordering::Acquire);
             self.seen_head.store(head, Ordering::Relaxed);
             fits(End::unpack(head))?;
@@ -403,24 +404,20 @@ impl Ring {
         if wrap > 0 {
             self.write_record_header(tail.pos, wrap - RECORD_HEADER as u32, KIND_WRAP);
         }
-        Ok((tail, tail.pos.wrapping_add(wrap)))
+        Ok(tail.pos.wrapping_add(wrap))
     }
 
-    /// Under the push lock: publishes a record written at `at` with `payload` bytes, then
-    /// releases the lock and wakes a sleeping consumer.
-    fn publish(&self, me: &Me, links: Option<&Links<'_>>, tail: End, at: u32, payload: usize) {
+    /// Under the push lock: publishes the `k` records written up to `new` (the new tail),
+    /// then releases the lock and wakes sleeping consumers.
+    fn publish(&self, me: &Me, links: Option<&Links<'_>>, new: End, k: u32) {
         let h = self.hdr();
         if let Some(evfd) = links.and_then(|l| l.evfd) {
             // Before the publish: the count is never below the messages waiting.
             if h.evfd_armed.load(Ordering::Acquire) != 0 {
-                let _ = platform::eventfd_add(evfd, 1);
+                let _ = platform::eventfd_add(evfd, u64::from(k));
             }
         }
-        let new = End {
-            pos: at.wrapping_add(record_len(payload)),
-            count: tail.count.wrapping_add(1),
-        };
-        // Publish: only now is the record visible. Release pairs with the consumers'
+        // Publish: only now are the records visible. Release pairs with the consumers'
         // Acquire load of `tail`.
         h.tail.store(new.pack(), Ordering::Release);
         self.my_tail.store(new.pack(), Ordering::Relaxed);
@@ -430,7 +427,25 @@ impl Ring {
         // SeqCst: the bump above must be ordered before this load, against a sleeper's
         // increment of `empty_sleepers` and its re-check (a Dekker pair with `wait_on`).
         if h.empty_sleepers.load(Ordering::SeqCst) > 0 {
-            let _ = platform::futex_wake(&h.not_empty, 1);
+            let _ = platform::futex_wake(&h.not_empty, k);
+        }
+    }
+
+    /// Under the push lock: writes one message record (`parts` concatenated) at `at`, and
+    /// returns the tail after it.
+    fn write_message(&self, tail: End, at: u32, tag: u8, parts: &[&[u8]]) -> End {
+        let payload: usize = parts.iter().map(|p| p.len()).sum();
+        let mut pos = at.wrapping_add(RECORD_HEADER as u32);
+        for p in parts {
+            // SAFETY: under the push lock, into free space (checked by `reserve`), within one
+            // contiguous stretch (the wrap record moved us to the start when needed).
+            unsafe { self.write_at(pos, p.as_ptr(), p.len()) };
+            pos = pos.wrapping_add(p.len() as u32);
+        }
+        self.write_record_header(at, payload as u32, kind_word(KIND_MESSAGE, tag));
+        End {
+            pos: at.wrapping_add(record_len(payload)),
+            count: tail.count.wrapping_add(1),
         }
     }
 
@@ -448,23 +463,64 @@ impl Ring {
         }
         let h = self.hdr();
         Ring::lock(&h.push_lock, me)?;
-        let (tail, at) = match self.reserve(payload) {
-            Ok(v) => v,
+        let tail = End::unpack(h.tail.load(Ordering::Relaxed));
+        let at = match self.reserve(tail, tail, payload) {
+            Ok(at) => at,
             Err(why) => {
                 Ring::unlock(&h.push_lock, me);
                 return Ok(why);
             }
         };
-        let mut pos = at.wrapping_add(RECORD_HEADER as u32);
-        for p in parts {
-            // SAFETY: under the push lock, into free space (checked by `reserve`), within one
-            // contiguous stretch (the wrap record moved us to the start when needed).
-            unsafe { self.write_at(pos, p.as_ptr(), p.len()) };
-            pos = pos.wrapping_add(p.len() as u32);
-        }
-        self.write_record_header(at, payload as u32, kind_word(KIND_MESSAGE, tag));
-        self.publish(me, links, tail, at, payload);
+        let new = self.write_message(tail, at, tag, parts);
+        self.publish(me, links, new, 1);
         Ok(Push::Done)
+    }
+
+    /// Commits, in order, as many as fit now of the messages `blob[bounds[i-1]..bounds[i]]`
+    /// (`bounds[-1]` taken as 0), all tagged `tag`, under one lock and one publish. Stops
+    /// before a message larger than `max_payload` (the caller sends it another way). Returns
+    /// how many were committed and why it stopped (`Done` when all were).
+    pub fn try_push_batch(
+        &self,
+        me: &Me,
+        links: Option<&Links<'_>>,
+        tag: u8,
+        blob: &[u8],
+        bounds: &[usize],
+    ) -> io::Result<(usize, Push)> {
+        let h = self.hdr();
+        let max = self.max_payload();
+        Ring::lock(&h.push_lock, me)?;
+        let start = End::unpack(h.tail.load(Ordering::Relaxed));
+        let mut tail = start;
+        let mut done = 0;
+        let mut why = Push::Done;
+        let mut from = 0;
+        for &end in bounds {
+            let Some(msg) = blob.get(from..end) else {
+                why = Push::TooBig;
+                break;
+            };
+            if msg.len() > max {
+                why = Push::TooBig;
+                break;
+            }
+            match self.reserve(start, tail, msg.len()) {
+                Ok(at) => tail = self.write_message(tail, at, tag, &[msg]),
+                Err(full) => {
+                    why = full;
+                    break;
+                }
+            }
+            done += 1;
+            from = end;
+        }
+        if done == 0 {
+            Ring::unlock(&h.push_lock, me);
+        } else {
+            self.publish(me, links, tail, done as u32);
+        }
+        Ok((done, why))
     }
 
     /// Commits a message of `len` bytes held in the memfd `fd`: sends the descriptor on the
@@ -479,7 +535,8 @@ impl Ring {
     ) -> io::Result<Push> {
         let h = self.hdr();
         Ring::lock(&h.push_lock, me)?;
-        let (tail, at) = match self.reserve(FD_RECORD) {
+        let tail = End::unpack(h.tail.load(Ordering::Relaxed));
+        let at = match self.reserve(tail, tail, FD_RECORD) {
             Ok(v) => v,
             Err(why) => {
                 Ring::unlock(&h.push_lock, me);
@@ -512,7 +569,11 @@ impl Ring {
             )
         };
         self.write_record_header(at, FD_RECORD as u32, kind_word(KIND_FD, tag));
-        self.publish(me, Some(links), tail, at, FD_RECORD);
+        let new = End {
+            pos: at.wrapping_add(record_len(FD_RECORD)),
+            count: tail.count.wrapping_add(1),
+        };
+        self.publish(me, Some(links), new, 1);
         Ok(Push::Done)
     }
 
@@ -554,20 +615,34 @@ impl Ring {
         alloc: F,
     ) -> io::Result<Option<Popped<T>>>
     where
-        F: FnOnce(u8, usize) -> io::Result<(T, *mut u8)>,
+        F: FnMut(u8, usize) -> io::Result<(T, *mut u8)>,
+    {
+        Ok(self.try_pop_many_with(me, links, 1, alloc)?.pop())
+    }
+
+    /// Takes up to `max` of the oldest messages, in order, under one lock and one publish
+    /// (see [`Ring::try_pop_with`]).
+    pub fn try_pop_many_with<T, F>(
+        &self,
+        me: &Me,
+        links: Option<&Links<'_>>,
+        max: usize,
+        mut alloc: F,
+    ) -> io::Result<Vec<Popped<T>>>
+    where
+        F: FnMut(u8, usize) -> io::Result<(T, *mut u8)>,
     {
         let h = self.hdr();
+        let mut out = Vec::new();
         // Cheap early exit without the lock: nothing committed since our last look.
-        if !self.has_records() {
-            return Ok(None);
+        if max == 0 || !self.has_records() {
+            return Ok(out);
         }
         Ring::lock(&h.pop_lock, me)?;
-        let mut alloc = Some(alloc);
-        let got = loop {
-            let head = End::unpack(h.head.load(Ordering::Relaxed));
-            if !self.has_records_after(head, true) {
-                break None;
-            }
+        let start = End::unpack(h.head.load(Ordering::Relaxed));
+        let mut head = start;
+        let mut failed = None;
+        while out.len() < max && self.has_records_after(start, head) {
             let mut pos = head.pos;
             let (mut len, mut kind) = self.read_record_header(pos);
             if kind & 0xff == KIND_WRAP {
@@ -589,23 +664,21 @@ impl Ring {
                     };
                     let seq = u64::from_le_bytes(rec[..8].try_into().unwrap_or_default());
                     let mlen = u64::from_le_bytes(rec[8..].try_into().unwrap_or_default());
-                    match links {
-                        Some(l) => {
-                            self.take_fd(l.recv, seq)?
-                                .map(|fd| Popped::Fd { tag, fd, len: mlen })
+                    match links.map(|l| self.take_fd(l.recv, seq)) {
+                        Some(Ok(fd)) => fd.map(|fd| Popped::Fd { tag, fd, len: mlen }),
+                        Some(Err(e)) => {
+                            failed = Some(e);
+                            break;
                         }
                         None => None,
                     }
                 }
                 _ => {
-                    let Some(alloc) = alloc.take() else {
-                        break None;
-                    };
                     let (data, dst) = match alloc(tag, len) {
                         Ok(v) => v,
                         Err(e) => {
-                            Ring::unlock(&h.pop_lock, me);
-                            return Err(e);
+                            failed = Some(e);
+                            break;
                         }
                     };
                     // SAFETY: a committed record of `len` payload bytes lies after its header
@@ -614,46 +687,59 @@ impl Ring {
                     Some(Popped::Inline { tag, data })
                 }
             };
-            // Publish the pop only after the copy. Release pairs with the producers'
-            // Acquire load of `head` in `reserve`.
-            let new = End {
+            head = End {
                 pos: pos.wrapping_add(record_len(len)),
                 count: head.count.wrapping_add(1),
             };
-            h.head.store(new.pack(), Ordering::Release);
-            self.my_head.store(new.pack(), Ordering::Relaxed);
+            // A lost fd message (`None`) is gone too: it is skipped.
+            out.extend(item);
+        }
+        let popped = head.count.wrapping_sub(start.count);
+        if popped > 0 {
+            // Publish the pops only after the copies. Release pairs with the producers'
+            // Acquire load of `head` in `reserve`.
+            h.head.store(head.pack(), Ordering::Release);
+            self.my_head.store(head.pack(), Ordering::Relaxed);
             if let Some(evfd) = links.and_then(|l| l.evfd) {
                 // After the publish: the count is never below the messages waiting.
                 if h.evfd_armed.load(Ordering::Acquire) != 0 {
-                    let _ = platform::eventfd_take(evfd);
+                    for _ in 0..popped {
+                        let _ = platform::eventfd_take(evfd);
+                    }
                 }
             }
             // Release: pairs with the Acquire load in `not_full_seq`.
             h.not_full.fetch_add(1, Ordering::Release);
-            if item.is_some() {
-                break item;
-            }
-            // A lost fd message: it is gone; look at the next record.
-        };
-        Ring::unlock(&h.pop_lock, me);
-        if got.is_some() && h.full_sleepers.load(Ordering::SeqCst) > 0 {
-            // SeqCst: as in `publish`, for the producers' side.
-            let _ = platform::futex_wake(&h.not_full, 1);
         }
-        Ok(got)
+        Ring::unlock(&h.pop_lock, me);
+        if popped > 0 && h.full_sleepers.load(Ordering::SeqCst) > 0 {
+            // SeqCst: as in `publish`, for the producers' side.
+            let _ = platform::futex_wake(&h.not_full, popped);
+        }
+        match failed {
+            // What was taken before the failure is returned; the failure shows next time.
+            Some(e) if out.is_empty() => Err(e),
+            _ => Ok(out),
+        }
     }
 
     /// Whether a record waits (a hint outside the pop lock, exact under it).
     fn has_records(&self) -> bool {
         let head = End::unpack(self.hdr().head.load(Ordering::Relaxed));
-        self.has_records_after(head, false)
+        self.records_after(head, head, false)
     }
 
-    /// Whether a record waits at `head`: from the cached tail when it is trusted and shows
-    /// one (ahead of `head`), else from a fresh read of `tail`, which refreshes the cache
-    /// when `locked` (the pop lock is held: the only writer of the cache).
-    fn has_records_after(&self, head: End, locked: bool) -> bool {
-        if self.my_head.load(Ordering::Relaxed) == head.pack() {
+    /// Under the pop lock: whether a record waits at `head` (`start`: the header's head when
+    /// the lock was taken; a batch advances `head` locally before its one publish).
+    fn has_records_after(&self, start: End, head: End) -> bool {
+        self.records_after(start, head, true)
+    }
+
+    /// Whether a record waits at `head`: from the cached tail when it is trusted (this
+    /// process made the last pop, `start`) and shows one, else from a fresh read of `tail`,
+    /// which refreshes the cache when `locked` (the pop lock is held: the only writer).
+    fn records_after(&self, start: End, head: End, locked: bool) -> bool {
+        if self.my_head.load(Ordering::Relaxed) == start.pack() {
             let seen = End::unpack(self.seen_tail.load(Ordering::Relaxed));
             if (seen.count.wrapping_sub(head.count) as i32) > 0 {
                 return true;
@@ -816,9 +902,9 @@ impl Ring {
 
     // ---- unfinished tasks (JoinableQueue)
 
-    /// Counts one more unfinished task.
-    pub fn task_added(&self) {
-        self.hdr().unfinished.fetch_add(1, Ordering::AcqRel);
+    /// Counts `n` more unfinished tasks.
+    pub fn tasks_added(&self, n: u32) {
+        self.hdr().unfinished.fetch_add(n, Ordering::AcqRel);
     }
 
     /// Counts `n` fewer unfinished tasks; false (and no change) if fewer than `n` remain.

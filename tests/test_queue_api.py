@@ -1,0 +1,404 @@
+"""``rmp.Queue`` and ``rmp.JoinableQueue``: the stdlib's API and semantics side by side with
+the stdlib (parity tests run both), children under every start method, and rmp's additions:
+pickling errors at the call site, ``put_many``/``get_many``, ``shutdown``, large messages and
+numpy arrays. Robustness (kills, stress, leaks, GIL and Ctrl-C) is in
+``test_queue_robustness.py``; the ring itself in ``test_channel.py``."""
+
+from __future__ import annotations
+
+import pickle
+import queue
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import rmp
+from rmp import queues
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _close(q):
+    q.close()
+    q.join_thread()
+
+
+def test_basics_match_the_stdlib(mp):
+    q = mp.Queue()
+    try:
+        assert q.empty() and q.qsize() == 0 and not q.full()
+        for i in range(5):
+            q.put(i)
+        q.put_nowait("five")
+        assert q.get(timeout=10) == 0
+        got = [q.get(timeout=10) for _ in range(4)]
+        assert got == [1, 2, 3, 4]
+        assert q.get_nowait() == "five"
+        with pytest.raises(queue.Empty):
+            q.get_nowait()
+        with pytest.raises(queue.Empty):
+            q.get(False, 5)  # block=False ignores the timeout
+        t0 = time.monotonic()
+        with pytest.raises(queue.Empty):
+            q.get(timeout=0.2)
+        assert 0.15 <= time.monotonic() - t0 < 5
+        with pytest.raises(queue.Empty):
+            q.get(timeout=-1)  # a negative timeout is "do not wait"
+    finally:
+        _close(q)
+
+
+def test_bounded_queue_full_and_sizes(mp):
+    q = mp.Queue(2)
+    try:
+        q.put(1)
+        q.put(2)
+        deadline = time.monotonic() + 10
+        while q.qsize() != 2 and time.monotonic() < deadline:  # the stdlib's feeder
+            time.sleep(0.01)
+        assert q.full() and q.qsize() == 2
+        with pytest.raises(queue.Full):
+            q.put_nowait(3)
+        t0 = time.monotonic()
+        with pytest.raises(queue.Full):
+            q.put(3, timeout=0.2)
+        assert 0.15 <= time.monotonic() - t0 < 5
+        assert q.get(timeout=10) == 1
+        q.put(3, timeout=10)
+        assert [q.get(timeout=10), q.get(timeout=10)] == [2, 3]
+    finally:
+        _close(q)
+
+
+def test_closed_queue_raises_the_stdlibs_error(mp):
+    for q in (mp.Queue(), mp.JoinableQueue()):
+        q.close()
+        with pytest.raises(ValueError, match="is closed"):
+            q.put(1)
+        with pytest.raises(ValueError, match="is closed"):
+            q.get()
+        q.join_thread()
+    q = mp.Queue()
+    with pytest.raises(AssertionError, match="not closed"):
+        q.join_thread()
+    _close(q)
+
+
+def test_pickling_outside_spawning_and_generic_alias(mp):
+    import multiprocessing.queues
+
+    q = mp.Queue()
+    try:
+        if hasattr(multiprocessing.queues.Queue, "__class_getitem__"):  # 3.12+
+            assert type(q)[int] is not None
+        else:
+            assert not hasattr(type(q), "__class_getitem__")
+        with pytest.raises(RuntimeError, match="inheritance"):
+            pickle.dumps(q)
+    finally:
+        _close(q)
+
+
+def _roundtrip(q_in, q_out, n):
+    for _ in range(n):
+        q_out.put(q_in.get(timeout=30))
+
+
+def test_queues_with_children(ctx):
+    q_in, q_out = ctx.Queue(), ctx.JoinableQueue()
+    payloads = [1, "two", b"three", bytearray(b"four"), {"five": [5]}, None, b"x" * (3 << 20)]
+    p = ctx.Process(target=_roundtrip, args=(q_in, q_out, len(payloads)))
+    p.start()
+    try:
+        for x in payloads:
+            q_in.put(x)
+        got = [q_out.get(timeout=30) for _ in payloads]
+        assert got == payloads
+        assert [type(g) for g in got] == [type(x) for x in payloads]
+    finally:
+        p.join(30)
+        _close(q_in)
+        _close(q_out)
+    assert p.exitcode == 0
+
+
+def _numpy_child(q_in, q_out):
+    a = q_in.get(timeout=30)
+    a *= 2  # arrays come back writable
+    q_out.put(a)
+    q_out.put(np.arange(10, dtype=np.int16))
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_numpy_arrays_travel_out_of_band(method):
+    ctx = rmp.get_context(method)
+    q_in, q_out = ctx.Queue(), ctx.Queue()
+    big = np.arange(3_000_000, dtype=np.float64)  # larger than the ring: by descriptor
+    p = ctx.Process(target=_numpy_child, args=(q_in, q_out))
+    p.start()
+    try:
+        q_in.put(big)
+        back = q_out.get(timeout=30)
+        small = q_out.get(timeout=30)
+        assert back.dtype == big.dtype and back.shape == big.shape
+        assert np.array_equal(back, big * 2) and back.flags.writeable
+        assert np.array_equal(small, np.arange(10, dtype=np.int16))
+        mid = np.ones((300, 300))  # out of band, inside the ring
+        q_in.put(mid)
+        got = q_in.get(timeout=10)
+        assert np.array_equal(got, mid) and got.flags.c_contiguous
+        nc = np.arange(100_000.0)[::2]  # not contiguous: pickled in band
+        q_in.put(nc)
+        assert np.array_equal(q_in.get(timeout=10), nc)
+    finally:
+        p.join(30)
+        _close(q_in)
+        _close(q_out)
+    assert p.exitcode == 0
+
+
+class _Unpicklable:
+    def __reduce__(self):
+        raise TypeError("no pickling here")
+
+
+def test_unpicklable_raises_at_the_call_site_and_the_queue_goes_on():
+    q = rmp.Queue()
+    try:
+        with pytest.raises(TypeError, match="no pickling here"):
+            q.put(_Unpicklable())
+        with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
+            q.put(lambda: 0)
+        q.put("after")
+        assert q.get(timeout=10) == "after" and q.empty()
+        with pytest.raises(TypeError):
+            q.put_many([1, _Unpicklable(), 3])
+        assert q.empty()  # all or nothing
+    finally:
+        _close(q)
+
+
+def test_a_subclass_hook_gets_the_pickling_error_as_in_the_stdlib():
+    seen = []
+
+    class SafeQueue(rmp.queues.Queue):
+        @staticmethod
+        def _on_queue_feeder_error(e, obj):
+            seen.append((type(e), type(obj)))
+
+    q = SafeQueue(ctx=rmp.get_context())
+    try:
+        q.put(_Unpicklable())
+        q.put(True)
+        q.put_many([1, _Unpicklable(), 3])
+        assert seen == [(TypeError, _Unpicklable)] * 2
+        assert [q.get(timeout=10) for _ in range(3)] == [True, 1, 3]
+    finally:
+        _close(q)
+
+
+def test_put_many_and_get_many():
+    q = queues.Queue(ctx=rmp.get_context(), capacity=4096)
+    try:
+        items = [(i, "x" * (i % 300)) for i in range(500)]  # more than the ring holds
+        q.put_many(items)
+        q.put_many([])
+        got = []
+        while len(got) < len(items):
+            batch = q.get_many(64, timeout=10)
+            assert 1 <= len(batch) <= 64
+            got += batch
+        assert got == items
+        with pytest.raises(queue.Empty):
+            q.get_many(10, timeout=0.05)
+        with pytest.raises(ValueError):
+            q.get_many(0)
+        q.put_many(iter([b"bytes", bytearray(b"ba"), np.zeros(3)]))
+        a, b, c = q.get_many(3, timeout=10)
+        assert a == b"bytes" and b == bytearray(b"ba") and np.array_equal(c, np.zeros(3))
+    finally:
+        _close(q)
+
+
+def test_put_many_on_a_bounded_queue_puts_what_fits_then_raises_full():
+    q = rmp.Queue(3)
+    try:
+        with pytest.raises(queue.Full):
+            q.put_many(range(5), timeout=0.1)
+        assert q.get_many(10, timeout=10) == [0, 1, 2]
+        with pytest.raises(queue.Full):
+            q.put_many(range(5), block=False)
+        assert q.qsize() == 3
+    finally:
+        _close(q)
+
+
+def test_joinable_put_many_counts_tasks_put_only():
+    q = rmp.JoinableQueue(2)
+    try:
+        with pytest.raises(queue.Full):
+            q.put_many(["a", "b", "c"], timeout=0.1)
+        assert q._chan.unfinished == 2
+        assert q.get_many(5, timeout=10) == ["a", "b"]
+        q.task_done()
+        q.task_done()
+        with pytest.raises(ValueError, match="too many"):
+            q.task_done()
+        q.join()
+    finally:
+        _close(q)
+
+
+def _worker(q, results):
+    while True:
+        item = q.get(timeout=30)
+        if item is None:
+            q.task_done()
+            return
+        results.put(item * item)
+        q.task_done()
+
+
+def test_joinable_queue_join_across_processes(rctx):
+    q, results = rctx.JoinableQueue(), rctx.Queue()
+    procs = [rctx.Process(target=_worker, args=(q, results)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    try:
+        for i in range(50):
+            q.put(i)
+        q.join()  # returns once every item was processed
+        assert sorted(results.get(timeout=10) for _ in range(50)) == [i * i for i in range(50)]
+        for _ in procs:
+            q.put(None)
+        q.join()
+    finally:
+        for p in procs:
+            p.join(30)
+        _close(q)
+        _close(results)
+    assert [p.exitcode for p in procs] == [0, 0]
+
+
+def test_shutdown_semantics():
+    q = rmp.JoinableQueue()
+    try:
+        q.put(1)
+        q.put(2)
+        q.shutdown()
+        assert q.is_shutdown
+        with pytest.raises(queues.ShutDown):
+            q.put(3)
+        assert q.get(timeout=10) == 1 and q.get(timeout=10) == 2  # what was put stays
+        with pytest.raises(queues.ShutDown):
+            q.get(timeout=10)  # then empty: ShutDown, not a wait
+        q.task_done()
+        q.task_done()
+        q.join()
+    finally:
+        _close(q)
+    if hasattr(queue, "ShutDown"):
+        assert queues.ShutDown is queue.ShutDown
+
+
+def test_shutdown_wakes_blocked_getters_and_putters():
+    q, full = rmp.Queue(), rmp.Queue(1)
+    full.put(0)
+    errors = []
+
+    def run(fn):
+        try:
+            fn()
+        except BaseException as e:  # noqa: BLE001 - recorded and checked below
+            errors.append(type(e))
+
+    threads = [
+        threading.Thread(target=run, args=(lambda: q.get(timeout=30),)),
+        threading.Thread(target=run, args=(lambda: full.put(1, timeout=30),)),
+    ]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    q.shutdown()
+    full.shutdown()
+    for t in threads:
+        t.join(10)
+    assert time.monotonic() - t0 < 5
+    assert errors == [queues.ShutDown, queues.ShutDown]
+    _close(q)
+    _close(full)
+
+
+def test_immediate_shutdown_drops_items_and_releases_join():
+    q = rmp.JoinableQueue()
+    try:
+        for i in range(5):
+            q.put(i)
+        q.shutdown(immediate=True)
+        with pytest.raises(queues.ShutDown):
+            q.get(timeout=10)
+        assert q.qsize() == 0 and q._chan.unfinished == 0
+        q.join()  # every dropped item counted as done
+    finally:
+        _close(q)
+
+
+def _get_until_shutdown(q, out):
+    try:
+        q.get(timeout=30)
+        out.put("got an item")
+    except queues.ShutDown:
+        out.put("shutdown")
+
+
+def test_shutdown_reaches_other_processes(rctx):
+    q, out = rctx.Queue(), rctx.Queue()
+    p = rctx.Process(target=_get_until_shutdown, args=(q, out))
+    p.start()
+    try:
+        time.sleep(0.3)
+        q.shutdown()
+        assert out.get(timeout=30) == "shutdown"
+    finally:
+        p.join(30)
+        _close(q)
+        _close(out)
+    assert p.exitcode == 0
+
+
+def test_capacity_is_checked():
+    for bad in (0, 63, 100, 1 << 31):
+        with pytest.raises(ValueError):
+            queues.Queue(ctx=rmp.get_context(), capacity=bad)
+    q = queues.Queue(ctx=rmp.get_context(), capacity=64)
+    q.put(b"x" * 1000)  # larger than the ring: by descriptor
+    assert q.get(timeout=10) == b"x" * 1000
+    _close(q)
+
+
+def test_concurrent_futures_with_rmp_queues_passed_to_workers(rctx):
+    import concurrent.futures
+
+    q = rctx.Queue()
+    with concurrent.futures.ProcessPoolExecutor(
+        2, mp_context=rctx, initializer=_set_queue, initargs=(q,)
+    ) as ex:
+        assert sorted(ex.map(_put_square, range(10))) == list(range(10))
+    assert sorted(q.get(timeout=10) for _ in range(10)) == [i * i for i in range(10)]
+    _close(q)
+
+
+_q = None
+
+
+def _set_queue(q):
+    global _q
+    _q = q
+
+
+def _put_square(i):
+    _q.put(i * i)
+    return i
