@@ -358,6 +358,24 @@ pub fn fork_epoch() -> u32 {
     FORK_EPOCH.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// `getpid()`, cached until the next fork (one atomic load instead of a system call on hot
+/// paths that must tell an inherited object from one of their own).
+pub fn cached_pid() -> i32 {
+    static PID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(u64::MAX);
+    let epoch = fork_epoch();
+    // Relaxed: the value is self-contained (epoch and pid in one word).
+    let v = PID.load(std::sync::atomic::Ordering::Relaxed);
+    if (v >> 32) as u32 == epoch && v != u64::MAX {
+        return v as u32 as i32;
+    }
+    let pid = getpid();
+    PID.store(
+        (u64::from(epoch) << 32) | u64::from(pid as u32),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    pid
+}
+
 /// A connected pair of `AF_UNIX` `SOCK_SEQPACKET` sockets (message boundaries kept, reliable,
 /// in order), non-blocking and close-on-exec: the side channel that carries a queue's
 /// out-of-ring segments as `SCM_RIGHTS` descriptors.

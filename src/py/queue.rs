@@ -164,11 +164,14 @@ impl Channel {
         } = *how;
         let ring = self.chan.ring();
         let mut large: Option<Large> = None;
+        // The `not_full` value to wait from: read only after a failed attempt, which is then
+        // retried once before any wait (a pop between the two is seen by the retry). Not
+        // reading it on the fast path keeps the consumers' cache line where it is.
+        let mut armed: Option<u32> = None;
         loop {
             if ring.shutdown_state() != OPEN {
                 return Ok(PUT_SHUTDOWN);
             }
-            let seen = ring.not_full_seq();
             let why = if feed && self.backlog() > 0 {
                 // Keep FIFO: behind this process's backlog.
                 Push::FullBytes
@@ -187,6 +190,10 @@ impl Channel {
                 _ if !block => return Ok(PUT_FULL),
                 _ => {}
             }
+            let Some(seen) = armed.take() else {
+                armed = Some(ring.not_full_seq());
+                continue;
+            };
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Ok(PUT_FULL);
             }
@@ -276,12 +283,14 @@ impl Channel {
         deadline: Option<Instant>,
     ) -> PyResult<Result<Vec<Py<PyAny>>, u8>> {
         let ring = self.chan.ring();
+        // As in `put_one`: the `not_empty` value is read only after a failed attempt, which
+        // is then retried once before any wait.
+        let mut armed: Option<u32> = None;
         loop {
             let state = ring.shutdown_state();
             if state == SHUTDOWN_IMMEDIATE {
                 return Ok(Err(GET_SHUTDOWN));
             }
-            let seen = ring.not_empty_seq();
             let got = self.try_get_many(py, me, max)?;
             if !got.is_empty() {
                 return Ok(Ok(got));
@@ -289,6 +298,13 @@ impl Channel {
             if state != OPEN {
                 return Ok(Err(GET_SHUTDOWN));
             }
+            if !block {
+                return Ok(Err(GET_EMPTY));
+            }
+            let Some(seen) = armed.take() else {
+                armed = Some(ring.not_empty_seq());
+                continue;
+            };
             let late = deadline.is_some_and(|d| Instant::now() >= d);
             if !late && block {
                 // The wait may return without a message (another consumer took it).

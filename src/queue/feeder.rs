@@ -193,7 +193,7 @@ impl ExitJoin {
 /// This process's feeders to wait for at exit: each is closed (no more messages come) and
 /// returned. Call with the GIL held (see [`LIVE`]).
 pub fn exit_joins() -> Vec<ExitJoin> {
-    let pid = platform::getpid();
+    let pid = platform::cached_pid();
     let mut live = live();
     live.retain(|w| w.strong_count() > 0);
     let mut out = Vec::new();
@@ -216,7 +216,7 @@ pub struct Feeder {
 impl Feeder {
     fn new(chan: Arc<Channel>) -> Feeder {
         Feeder {
-            pid: platform::getpid(),
+            pid: platform::cached_pid(),
             shared: Arc::new(Shared {
                 chan,
                 state: Mutex::new(State::default()),
@@ -225,7 +225,7 @@ impl Feeder {
                 pending: AtomicUsize::new(0),
                 cancelled: AtomicBool::new(false),
                 join_at_exit: AtomicBool::new(true),
-                pid: platform::getpid(),
+                pid: platform::cached_pid(),
             }),
         }
     }
@@ -292,7 +292,7 @@ impl Drop for Feeder {
     fn drop(&mut self) {
         // The thread keeps its own `Arc` and finishes the backlog (as the stdlib's feeder
         // does for a queue dropped without close); tell it nothing more comes.
-        if self.pid == platform::getpid() {
+        if self.pid == platform::cached_pid() {
             self.close();
         }
     }
@@ -320,7 +320,7 @@ impl FeederSlot {
         // SAFETY: a non-null pointer came from `Box::into_raw` in `get_or_create` and is
         // freed only by `drop` (which has `&mut self`) or never (inherited across a fork).
         let f = unsafe { p.as_ref() }?;
-        (f.pid == platform::getpid()).then_some(f)
+        (f.pid == platform::cached_pid()).then_some(f)
     }
 
     /// This process's feeder, made now if needed.
@@ -329,7 +329,7 @@ impl FeederSlot {
             let cur = self.ptr.load(Ordering::Acquire);
             // SAFETY: as in `get`.
             if let Some(f) = unsafe { cur.as_ref() } {
-                if f.pid == platform::getpid() {
+                if f.pid == platform::cached_pid() {
                     return f;
                 }
             }
@@ -359,7 +359,7 @@ impl Drop for FeederSlot {
         // SAFETY: the pointer came from `Box::into_raw`; `&mut self` means no reference to it
         // remains. One inherited from the parent process is leaked instead (see above).
         unsafe {
-            if (*p).pid == platform::getpid() {
+            if (*p).pid == platform::cached_pid() {
                 drop(Box::from_raw(p));
             }
         }
