@@ -581,15 +581,22 @@ class SimpleQueue:
             raise OSError("handle is closed")
         r = self._chan.get(True, None)
         if r.__class__ is tuple:
-            return _decode(*r)
+            tag, data = r
+            if tag == _PICKLE:
+                return _loads(data)
+            return _decode(tag, data)
         raise ShutDown
 
     def put(self, obj):
         """Put ``obj`` on the queue (pickled here, on the caller's thread)."""
         if self._writer.closed:
             raise OSError("handle is closed")
-        tag, data = _encode(obj)
-        if self._chan.put(tag, data, True, None, False):
+        if obj.__class__ is bytes:
+            r = self._chan.put(_BYTES, obj, True, None, False)
+        else:
+            tag, data = _encode(obj)
+            r = self._chan.put(tag, data, True, None, False)
+        if r:
             raise ShutDown
 
     __class_getitem__ = classmethod(types.GenericAlias)

@@ -20,6 +20,8 @@ use super::{Push, SHUTDOWN_IMMEDIATE};
 use crate::platform;
 use crate::sync::Me;
 
+/// How long the feeder spins for room before it sleeps.
+const FEED_SPIN: Duration = Duration::from_micros(50);
 /// How long the feeder sleeps on the ring before it re-checks for cancellation.
 const FEED_SLICE: Duration = Duration::from_millis(50);
 
@@ -64,6 +66,8 @@ struct State {
     /// The thread was started (it is running unless `exited`).
     started: bool,
     exited: bool,
+    /// The thread sleeps on `wake` (so a new message must wake it).
+    idle: bool,
     /// The last error the thread met (the message it was moving is dropped).
     error: Option<String>,
 }
@@ -95,7 +99,9 @@ impl Shared {
         let _ = platform::block_all_signals_in_this_thread();
         let me = Me::current();
         loop {
-            let item = {
+            // The whole backlog at once: puts meanwhile queue behind it (FIFO), and neither
+            // side takes the mutex per message.
+            let batch = {
                 let mut st = self.state();
                 loop {
                     if self.cancelled.load(Ordering::Acquire) {
@@ -103,18 +109,22 @@ impl Shared {
                         st.backlog.clear();
                         self.pending.fetch_sub(n, Ordering::AcqRel);
                     }
-                    if let Some(item) = st.backlog.pop_front() {
-                        break Some(item);
+                    if !st.backlog.is_empty() {
+                        break Some(std::mem::take(&mut st.backlog));
                     }
                     if st.closed || self.cancelled.load(Ordering::Acquire) {
                         break None;
                     }
+                    st.idle = true;
                     st = self.wake.wait(st).unwrap_or_else(|p| p.into_inner());
+                    st.idle = false;
                 }
             };
-            let Some(item) = item else { break };
-            self.deliver(&me, item);
-            self.pending.fetch_sub(1, Ordering::AcqRel);
+            let Some(batch) = batch else { break };
+            for item in batch {
+                self.deliver(&me, item);
+                self.pending.fetch_sub(1, Ordering::AcqRel);
+            }
             let _g = self.state();
             self.progress.notify_all();
         }
@@ -156,7 +166,10 @@ impl Shared {
             match item.push(&self.chan, me) {
                 Ok(Push::Done) => return,
                 Ok(Push::FullItems | Push::FullBytes) => {
-                    let _ = ring.wait_not_full(seen, FEED_SLICE);
+                    // Spin first: a sleeping feeder costs every consumer a wake call per pop.
+                    if !ring.spin_not_full(seen, FEED_SPIN) {
+                        let _ = ring.wait_not_full(seen, FEED_SLICE);
+                    }
                 }
                 Ok(Push::TooBig) => {
                     // `put` sends messages above the ring's limit as `Large`: unreachable.
@@ -255,7 +268,9 @@ impl Feeder {
         }
         st.backlog.push_back(item);
         self.shared.pending.fetch_add(1, Ordering::AcqRel);
-        self.shared.wake.notify_one();
+        if st.idle {
+            self.shared.wake.notify_one();
+        }
         Ok(())
     }
 
