@@ -31,6 +31,10 @@ EXPECTED = {
     "listener_client.py": ["client got: 10", "client exit code: 0"],
     "sync_primitives.py": ["results: [0, 10, 20] done: 3"],
     "named_shared_memory.py": ["b'HELLO'"],
+    "joinable_pipeline.py": [
+        "sums: %s" % [i * 100_000 for i in range(12)],
+        "workers exit codes: [0, 0, 0]",
+    ],
 }
 
 # Runs an example as __main__ (so spawn and forkserver children import it as __mp_main__)
@@ -51,7 +55,7 @@ def test_every_example_is_listed():
 @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_example(name, method):
-    if name == "numpy_shared_array.py":
+    if name in ("numpy_shared_array.py", "joinable_pipeline.py"):
         pytest.importorskip("numpy")
     out = subprocess.run(
         [sys.executable, "-c", _RUNNER, method, str(EXAMPLES / name)],
