@@ -63,3 +63,14 @@ def pid_gone(pid: int, timeout: float) -> bool:
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.02)
+
+
+def join_or_kill(procs, timeout=30):
+    """Join every process; one still running after ``timeout`` (a hung child) is killed and
+    reaped, so that no test leaves it behind."""
+    for p in procs:
+        p.join(timeout)
+    for p in procs:
+        if p.exitcode is None:  # pragma: no cover - a hung child: do not leave it behind
+            p.kill()
+            p.join(5)

@@ -33,7 +33,7 @@ from array import array
 from queue import Empty, Full
 
 import pytest
-from _helpers import run_counting_other_thread
+from _helpers import join_or_kill, run_counting_other_thread
 
 import rmp
 from rmp import queues
@@ -54,15 +54,6 @@ def _wait_until(predicate, timeout=30.0, what="condition"):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.001)
-
-
-def _join_or_kill(procs, timeout=30):
-    for p in procs:
-        p.join(timeout)
-    for p in procs:
-        if p.exitcode is None:  # pragma: no cover - a hung child: do not leave it behind
-            p.kill()
-            p.join(5)
 
 
 #
@@ -192,7 +183,7 @@ def test_producer_killed_in_put(kind):
             time.sleep(rng.random() * 0.02)
             os.kill(p.pid, signal.SIGKILL)  # anywhere: maybe in put, holding the ring's lock
         finally:
-            _join_or_kill([p], 10)
+            join_or_kill([p], 10)
             stop.set()
             reader.join(30)
         assert p.exitcode == -signal.SIGKILL
@@ -272,7 +263,7 @@ def test_consumer_killed_in_get(kind):
         try:
             time.sleep(rng.random() * 0.025)
             os.kill(p.pid, signal.SIGKILL)  # anywhere: maybe in get, holding the ring's lock
-            _join_or_kill([p], 10)
+            join_or_kill([p], 10)
             assert p.exitcode == -signal.SIGKILL, f"iteration {it}: exit code {p.exitcode}"
             stop.set()
             while putter.is_alive():  # a putter waiting for room needs a reader
@@ -290,7 +281,7 @@ def test_consumer_killed_in_get(kind):
                         break
                     time.sleep(0.001)
         finally:
-            _join_or_kill([p], 10)
+            join_or_kill([p], 10)
             stop.set()
             if putter.is_alive():  # a failure above: nobody reads, free the putter
                 putter.join(1)
@@ -394,9 +385,9 @@ def test_stress_4_producers_4_consumers(messages):
         for _ in cons:
             q.put(None)  # after every message (FIFO): one stop per consumer
         reports = sorted(results.get(timeout=120) for _ in cons)
-        _join_or_kill(cons, 60)
+        join_or_kill(cons, 60)
     finally:
-        _join_or_kill(prods + cons, 5)
+        join_or_kill(prods + cons, 5)
     elapsed = time.monotonic() - t0
     assert [p.exitcode for p in cons] == [0] * consumers
     errors = [e for r in reports for e in r[2]]
@@ -509,7 +500,7 @@ def test_a_backlog_of_large_messages_is_not_limited_by_open_files():
             except Empty:
                 break
     finally:
-        _join_or_kill([p])
+        join_or_kill([p])
     assert status.value == 1, f"put() failed: {os.strerror(-status.value)}"
     assert got == [i.to_bytes(8, "little") * (size // 8) for i in range(n)]
     assert p.exitcode == 0
@@ -677,7 +668,7 @@ class _Blocked:
     def cleanup(self):
         if self.child is not None:
             self.go.set()
-            _join_or_kill([self.child])
+            join_or_kill([self.child])
 
 
 BLOCKING = [
@@ -763,7 +754,7 @@ def test_exit_flushes_the_backlog(start_method):
         got = [q.get(timeout=10) for _ in range(n)]
         p.join(30)
     finally:
-        _join_or_kill([p])
+        join_or_kill([p])
     assert p.exitcode == 0
     assert got == [("item", i, b"p" * 100) for i in range(n)]
     with pytest.raises(Empty):
@@ -786,7 +777,7 @@ def test_cancel_join_thread_exits_without_the_backlog(start_method, cancel):
         p.join(10)
         assert time.monotonic() - t0 < 5
     finally:
-        _join_or_kill([p])
+        join_or_kill([p])
     assert p.exitcode == 0
     got = []
     while True:
@@ -830,7 +821,7 @@ def test_a_forked_child_does_not_inherit_the_backlog():
         p.join(30)
     finally:
         r.close()
-        _join_or_kill([p])
+        join_or_kill([p])
     assert p.exitcode == 0
     assert child_backlog == 0
     assert child_got == [("parent", i) for i in range(k)]

@@ -18,7 +18,7 @@ import time
 import warnings
 
 import pytest
-from _helpers import pid_gone, run_counting_other_thread
+from _helpers import join_or_kill, pid_gone, run_counting_other_thread
 
 import rmp
 
@@ -51,15 +51,6 @@ def _in_thread(fn, *args):
     t.join(30)
     assert not t.is_alive()
     return out[0]
-
-
-def _join_all(procs, timeout=30):
-    for p in procs:
-        p.join(timeout)
-    for p in procs:
-        if p.exitcode is None:  # pragma: no cover - a hung child: do not leave it behind
-            p.kill()
-            p.join(5)
 
 
 # Module-level targets: spawn and forkserver children import them by name.
@@ -545,7 +536,7 @@ def test_primitives_work_in_children(ctx):
             flag.value = 1
             cond.notify_all()
     finally:
-        _join_all([p])
+        join_or_kill([p])
     assert p.exitcode == 0
     assert value.value == 11
     assert sem.get_value() == 0
@@ -569,7 +560,7 @@ def test_reprs_of_a_lock_held_by_another_process(ctx):
             rlock.release()
     finally:
         go.set()
-        _join_all([p])
+        join_or_kill([p])
     assert p.exitcode == 0
     assert lock.acquire(timeout=10) and rlock.acquire(timeout=10)
     lock.release()
@@ -595,7 +586,7 @@ def test_condition_notify_and_notify_all_wake_children(ctx):
         if woken.value < 3:
             with cond:
                 cond.notify_all()
-        _join_all(procs)
+        join_or_kill(procs)
     assert [p.exitcode for p in procs] == [0, 0, 0]
     assert cond._sleeping_count.get_value() == 0
 
@@ -608,7 +599,7 @@ def test_condition_wait_for_a_child(ctx):
         with cond:
             assert cond.wait_for(lambda: value.value >= 3, timeout=30) is True
     finally:
-        _join_all([p])
+        join_or_kill([p])
     assert p.exitcode == 0 and value.value == 3
 
 
@@ -620,7 +611,7 @@ def test_barrier_and_event_with_children(ctx):
     try:
         indices = [barrier.wait(timeout=30) for _ in range(3)]
     finally:
-        _join_all(procs)
+        join_or_kill(procs)
     assert all(i in (0, 1, 2) for i in indices)
     assert [p.exitcode for p in procs] == [0, 0]
 
@@ -632,7 +623,7 @@ def test_barrier_and_event_with_children(ctx):
         _wait_until(lambda: barrier.n_waiting == 1, what="the child waiting")
         barrier.abort()
     finally:
-        _join_all([p])
+        join_or_kill([p])
     assert p.exitcode == 5
 
     event = ctx.Event()
@@ -642,7 +633,7 @@ def test_barrier_and_event_with_children(ctx):
         time.sleep(0.1)
         event.set()
     finally:
-        _join_all([p])
+        join_or_kill([p])
     assert p.exitcode == 0
 
 
@@ -830,7 +821,7 @@ def test_rlock_of_a_dead_holder_is_taken_over(method, when):
     finally:
         if reaper is not None:
             reaper.join(30)
-        _join_all([p])
+        join_or_kill([p])
     assert p.exitcode == -signal.SIGKILL
     assert repr(lock) == "<RLock(MainProcess, 1)>"
     lock.release()
@@ -876,7 +867,7 @@ def test_value_lock_of_a_killed_incrementer_is_recovered(method, survivor):
             assert r.poll(30)
             reports = r.recv()
             r.close()
-            _join_all(procs)
+            join_or_kill(procs)
             assert other.exitcode == 0
             assert len(reports) == 1, reports
             category, message = reports[0]
@@ -886,7 +877,7 @@ def test_value_lock_of_a_killed_incrementer_is_recovered(method, survivor):
                 total = value.value
     finally:
         go.set()
-        _join_all(procs)
+        join_or_kill(procs)
     assert victim.exitcode == -signal.SIGKILL
     assert total == 2000 + 501
 
@@ -908,7 +899,7 @@ def test_a_live_holder_is_never_taken_over(method):
             lock.release()
         assert seen == []
     finally:
-        _join_all([p])
+        join_or_kill([p])
     assert p.exitcode == 0
 
 
@@ -942,7 +933,7 @@ def test_notify_does_not_hang_on_a_waiter_killed_in_wait(start_method):
     finally:
         if survivor.exitcode is None:
             survivor.kill()
-        _join_all(procs)
+        join_or_kill(procs)
     assert survivor.exitcode == 0 and woken.value == 1
 
 
@@ -964,7 +955,7 @@ def test_barrier_counts_a_party_killed_in_wait(start_method):
         b.join(30)
     finally:
         barrier.abort()  # frees a hung party, if any
-        _join_all(procs)
+        join_or_kill(procs)
     assert b.exitcode == 0
     barrier.reset()
     assert barrier.broken is False and barrier.n_waiting == 0

@@ -76,6 +76,13 @@ def _capacity(capacity):
     return capacity
 
 
+def _reducer_table():
+    """What ``ForkingPickler`` pickles with: copyreg's table and the registered reducers."""
+    merged = dict(copyreg.dispatch_table)
+    merged.update(ForkingPickler._extra_reducers)
+    return merged
+
+
 def _new_encoder():
     """An ``encode(obj) -> (tag, data)`` with its own pickler, reused for every message of one
     thread: building a ``ForkingPickler`` copies the whole reducer table, which costs more
@@ -109,9 +116,7 @@ def _new_encoder():
             return _new_encoder()(obj)
         n = len(table) + (len(extra) << 20)
         if n != seen:
-            merged = dict(table)
-            merged.update(extra)
-            pickler.dispatch_table = merged
+            pickler.dispatch_table = _reducer_table()
             seen = n
         busy = True
         try:
@@ -151,9 +156,7 @@ def _new_batch_encoder():
             return _new_batch_encoder()(objs, on_error)
         n = len(table) + (len(extra) << 20)
         if n != seen:
-            merged = dict(table)
-            merged.update(extra)
-            pickler.dispatch_table = merged
+            pickler.dispatch_table = _reducer_table()
             seen = n
         busy = True
         bounds = []
