@@ -402,3 +402,20 @@ def _set_queue(q):
 def _put_square(i):
     _q.put(i * i)
     return i
+
+
+def test_waiting_on_a_queues_reader_with_connection_wait():
+    import multiprocessing.connection as std_connection
+
+    import rmp.connection
+
+    q = rmp.Queue()
+    try:
+        r = q._reader
+        assert std_connection.wait([r], timeout=0) == []
+        q.put("x")
+        assert std_connection.wait([r], timeout=10) == [r]
+        assert r.recv() == "x"
+        assert rmp.connection.wait([r], timeout=0) == [] and not r.poll()
+    finally:
+        _close(q)

@@ -290,7 +290,9 @@ class Queue:
             maxsize = _SEM_VALUE_MAX
         self._maxsize = maxsize
         limit = _UNBOUNDED if maxsize >= _SEM_VALUE_MAX else min(maxsize, _UNBOUNDED - 1)
-        self._chan = _core.Channel(_capacity(capacity), limit)
+        # With a readiness eventfd (armed only once `_reader` is used), for code that waits on
+        # `q._reader` with `multiprocessing.connection.wait`, as some does with the stdlib's.
+        self._chan = _core.Channel(_capacity(capacity), limit, True)
         self._opid = os.getpid()
         # For use by concurrent.futures (kept for compatibility; no pipe to break here).
         self._ignore_epipe = False
@@ -316,6 +318,9 @@ class Queue:
         self._joincancelled = False
         self._feeding = False
         self._custom_errors = type(self)._on_queue_feeder_error is not Queue._on_queue_feeder_error
+        # What code written against the stdlib touches of its pipe: `_reader.fileno()` polls
+        # readable exactly while a message waits, `_reader.recv()`/`poll()` as a connection's.
+        self._reader = _End(self)
 
     def __repr__(self):
         return "<%s.%s object at %#x>" % (type(self).__module__, type(self).__qualname__, id(self))
