@@ -6,6 +6,7 @@
 //! layer raises the stdlib's own `queue.Full`/`queue.Empty`/`ShutDown` with its messages.
 
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -33,6 +34,8 @@ const PUT_SHUTDOWN: u8 = 2;
 /// `get` results other than a message.
 const GET_EMPTY: u8 = 1;
 const GET_SHUTDOWN: u8 = 2;
+/// How long a `put` that finds the ring full spins for room before using the feeder.
+const ROOM_SPIN: std::time::Duration = std::time::Duration::from_micros(10);
 /// How long a blocked `get`/`put` spins before it sleeps (see `Ring::spin_not_empty`).
 const SPIN: std::time::Duration = std::time::Duration::from_micros(20);
 
@@ -103,6 +106,11 @@ struct PutMode {
 pub struct Channel {
     chan: Arc<CoreChannel>,
     feeder: FeederSlot,
+    /// Whether a put that finds the ring full spins briefly for room before it hands the
+    /// message to the feeder: true while consumers keep up (the last spin found room, or a
+    /// put went straight in); false once a spin found none (nobody reads: go to the backlog
+    /// at once). Waking a feeder thread per message costs more than a short spin.
+    spin_for_room: std::sync::atomic::AtomicBool,
 }
 
 impl Channel {
@@ -168,6 +176,7 @@ impl Channel {
         // retried once before any wait (a pop between the two is seen by the retry). Not
         // reading it on the fast path keeps the consumers' cache line where it is.
         let mut armed: Option<u32> = None;
+        let mut spun = false;
         loop {
             if ring.shutdown_state() != OPEN {
                 return Ok(PUT_SHUTDOWN);
@@ -180,7 +189,24 @@ impl Channel {
                     .map_err(Error::from)?
             };
             match why {
-                Push::Done => return Ok(PUT_OK),
+                Push::Done => {
+                    self.spin_for_room.store(true, Ordering::Relaxed);
+                    return Ok(PUT_OK);
+                }
+                Push::FullBytes
+                    if feed
+                        && self.backlog() == 0
+                        && self.spin_for_room.load(Ordering::Relaxed)
+                        && !spun =>
+                {
+                    spun = true;
+                    let seen = ring.not_full_seq();
+                    // Retried after reading the word: a pop in between is not missed.
+                    if !ring.spin_not_full(seen, ROOM_SPIN) {
+                        self.spin_for_room.store(false, Ordering::Relaxed);
+                    }
+                    continue;
+                }
                 Push::FullBytes if feed && self.may_backlog() => {
                     // A memfd made for this message is dropped: the backlog keeps bytes.
                     self.enqueue(tag, parts)?;
@@ -374,6 +400,7 @@ impl Channel {
         Ok(Channel {
             chan: Arc::new(CoreChannel::create(capacity, max_items, eventfd).map_err(Error::from)?),
             feeder: FeederSlot::default(),
+            spin_for_room: std::sync::atomic::AtomicBool::new(true),
         })
     }
 
@@ -403,6 +430,7 @@ impl Channel {
         Ok(Channel {
             chan: Arc::new(CoreChannel::open(seg, capacity, send, recv, ev).map_err(Error::from)?),
             feeder: FeederSlot::default(),
+            spin_for_room: std::sync::atomic::AtomicBool::new(true),
         })
     }
 
