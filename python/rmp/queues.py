@@ -273,9 +273,9 @@ def _join_feeders_at_exit():
 
 
 def _register_exit_join():
-    """Once per process: at exit, wait until every feeder of this process has moved its
-    backlog into its ring (as the stdlib joins its feeder threads), except the queues whose
-    ``cancel_join_thread()`` was called."""
+    """Once per process (called when a put first goes to a feeder): at exit, wait until every
+    feeder of this process has moved its backlog into its ring (as the stdlib joins its
+    feeder threads), except those of queues whose ``cancel_join_thread()`` was called."""
     global _exit_join_pid
     if _exit_join_pid != os.getpid():
         _exit_join_pid = os.getpid()
@@ -316,7 +316,6 @@ class Queue:
     def _reset(self):
         self._closed = False
         self._joincancelled = False
-        self._feeding = False
         self._custom_errors = type(self)._on_queue_feeder_error is not Queue._on_queue_feeder_error
         # What code written against the stdlib touches of its pipe: `_reader.fileno()` polls
         # readable exactly while a message waits, `_reader.recv()`/`poll()` as a connection's.
@@ -336,11 +335,6 @@ class Queue:
             self._on_queue_feeder_error(e, obj)
             return None
 
-    def _started_feeding(self):
-        self._feeding = True
-        if not self._joincancelled:
-            _register_exit_join()
-
     def put(self, obj, block=True, timeout=None):
         """Put ``obj`` on the queue (pickled here: a pickling error raises here)."""
         if self._closed:
@@ -359,10 +353,10 @@ class Queue:
         if r:
             self._put_status(r)
 
-    def _put_status(self, r):
-        if r == _FED:
-            if not self._feeding:
-                self._started_feeding()
+    @staticmethod
+    def _put_status(r):
+        if r == _FED:  # this process has a feeder now: wait for it at exit
+            _register_exit_join()
             return
         raise Full if r == _FULL else ShutDown
 
@@ -373,16 +367,12 @@ class Queue:
         raises ``queue.Full`` after putting as many as fitted in time."""
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
-        self._put_batch(*self._encode_many(objs), block, timeout)
+        _, r = self._chan.put_batch(_PICKLE, *self._encode_many(objs), block, timeout)
+        if r:
+            self._put_status(r)
 
     def _encode_many(self, objs):
         return _encode_many(objs, self._on_queue_feeder_error if self._custom_errors else None)
-
-    def _put_batch(self, blob, bounds, block, timeout):
-        done, r = self._chan.put_batch(_PICKLE, blob, bounds, block, timeout)
-        if r:
-            self._put_status(r)
-        return done
 
     def get(self, block=True, timeout=None):
         """Remove and return the oldest object (``queue.Empty`` if none comes in time)."""

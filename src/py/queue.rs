@@ -331,21 +331,16 @@ impl Channel {
                 armed = Some(ring.not_empty_seq());
                 continue;
             };
-            let late = deadline.is_some_and(|d| Instant::now() >= d);
-            if !late && block {
-                // The wait may return without a message (another consumer took it).
-                py.check_signals()?;
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(Err(GET_EMPTY));
             }
-            if !block || late || !self.wait_pushed(py, seen, deadline)? {
+            // The wait may return without a message (another consumer took it).
+            py.check_signals()?;
+            if !self.wait_pushed(py, seen, deadline)? {
                 return Ok(Err(GET_EMPTY));
             }
         }
     }
-}
-
-/// `bounds` made relative to `from`.
-fn rebase(bounds: &[usize], from: usize) -> Vec<usize> {
-    bounds.iter().map(|b| b - from).collect()
 }
 
 /// A new, uninitialised `bytes` (or `bytearray` for a writable tag) of `len` bytes and the
@@ -569,13 +564,7 @@ impl Channel {
             }
             if !(feed && self.backlog() > 0) {
                 let (k, why) = ring
-                    .try_push_batch(
-                        &me,
-                        Some(&links),
-                        tag,
-                        &blob[from..],
-                        &rebase(&bounds[done..], from),
-                    )
+                    .try_push_batch(&me, Some(&links), tag, blob, from, &bounds[done..])
                     .map_err(Error::from)?;
                 done += k;
                 if why == Push::Done || k > 0 {

@@ -477,15 +477,16 @@ impl Ring {
     }
 
     /// Commits, in order, as many as fit now of the messages `blob[bounds[i-1]..bounds[i]]`
-    /// (`bounds[-1]` taken as 0), all tagged `tag`, under one lock and one publish. Stops
-    /// before a message larger than `max_payload` (the caller sends it another way). Returns
-    /// how many were committed and why it stopped (`Done` when all were).
+    /// (`bounds[-1]` taken as `first`), all tagged `tag`, under one lock and one publish.
+    /// Stops before a message larger than `max_payload` (the caller sends it another way).
+    /// Returns how many were committed and why it stopped (`Done` when all were).
     pub fn try_push_batch(
         &self,
         me: &Me,
         links: Option<&Links<'_>>,
         tag: u8,
         blob: &[u8],
+        first: usize,
         bounds: &[usize],
     ) -> io::Result<(usize, Push)> {
         let h = self.hdr();
@@ -495,7 +496,7 @@ impl Ring {
         let mut tail = start;
         let mut done = 0;
         let mut why = Push::Done;
-        let mut from = 0;
+        let mut from = first;
         for &end in bounds {
             let Some(msg) = blob.get(from..end) else {
                 why = Push::TooBig;
@@ -785,61 +786,49 @@ impl Ring {
         Ok(n)
     }
 
-    /// Makes the readiness eventfd count the waiting messages from now on (idempotent). Takes
-    /// both locks (push, then pop: the only place that holds both), so the count it starts
-    /// from is exact.
+    /// Makes the readiness eventfd count the waiting messages from now on (idempotent).
     pub fn arm_eventfd(&self, me: &Me, evfd: BorrowedFd<'_>) -> io::Result<()> {
-        let h = self.hdr();
-        if h.evfd_armed.load(Ordering::Acquire) != 0 {
+        // Acquire: pairs with the Release store in `set_eventfd_count`.
+        if self.hdr().evfd_armed.load(Ordering::Acquire) != 0 {
             return Ok(());
         }
-        Ring::lock(&h.push_lock, me)?;
-        if let Err(e) = Ring::lock(&h.pop_lock, me) {
-            Ring::unlock(&h.push_lock, me);
-            return Err(e);
-        }
-        let r = if h.evfd_armed.load(Ordering::Relaxed) == 0 {
-            let n = self.len() as u64;
-            let r = if n > 0 {
-                platform::eventfd_add(evfd, n)
-            } else {
-                Ok(())
-            };
-            // Release: pairs with the Acquire loads in `publish` and `try_pop_with`.
-            h.evfd_armed.store(1, Ordering::Release);
-            r
-        } else {
-            Ok(())
-        };
-        Ring::unlock(&h.pop_lock, me);
-        Ring::unlock(&h.push_lock, me);
-        r
+        self.set_eventfd_count(me, evfd)
     }
 
-    /// Sets the readiness eventfd's count to the messages waiting, under both locks (so no
-    /// producer is between its add and its publish). Repairs the one way the count can
-    /// drift: a producer killed after its add and before its publish leaves it one too high
-    /// (a spurious readiness). Cheap to call when nothing is wrong: it looks first, without
-    /// the locks, whether the eventfd is readable while the ring is empty.
+    /// Repairs the one way the eventfd's count can drift: a producer killed after its add
+    /// and before its publish leaves it one too high (a spurious readiness). Cheap to call
+    /// when nothing is wrong: it looks first, without the locks, whether the eventfd is
+    /// readable while the ring is empty.
     pub fn reconcile_eventfd(&self, me: &Me, evfd: BorrowedFd<'_>) -> io::Result<()> {
-        let h = self.hdr();
-        if h.evfd_armed.load(Ordering::Acquire) == 0
+        if self.hdr().evfd_armed.load(Ordering::Acquire) == 0
             || !self.is_empty()
             || !platform::poll_readable(evfd, Some(Duration::ZERO))?
         {
             return Ok(());
         }
+        self.set_eventfd_count(me, evfd)
+    }
+
+    /// Sets the eventfd's count to the messages waiting and marks it kept, under both locks
+    /// (push, then pop: the only place that holds both), so no producer is between its add
+    /// and its publish and the count is exact.
+    fn set_eventfd_count(&self, me: &Me, evfd: BorrowedFd<'_>) -> io::Result<()> {
+        let h = self.hdr();
         Ring::lock(&h.push_lock, me)?;
         if let Err(e) = Ring::lock(&h.pop_lock, me) {
             Ring::unlock(&h.push_lock, me);
             return Err(e);
         }
-        let mut r = Ok(());
         while let Ok(true) = platform::eventfd_take(evfd) {}
         let n = self.len() as u64;
-        if n > 0 {
-            r = platform::eventfd_add(evfd, n);
-        }
+        let r = if n > 0 {
+            platform::eventfd_add(evfd, n)
+        } else {
+            Ok(())
+        };
+        // Release: pairs with the Acquire loads in `publish`, `try_pop_many_with` and
+        // `arm_eventfd`.
+        h.evfd_armed.store(1, Ordering::Release);
         Ring::unlock(&h.pop_lock, me);
         Ring::unlock(&h.push_lock, me);
         r
