@@ -11,6 +11,7 @@ compile_error!("rmp supports Linux only (it is built on memfd, futex and pidfd)"
 pub mod connection;
 pub mod errors;
 pub mod platform;
+pub mod pool;
 pub mod process;
 pub mod queue;
 pub mod shm;

@@ -23,10 +23,6 @@ import rmp._core
 # Names not implemented yet, as "name" (top level) or "submodule" / "submodule.name".
 # Each entry must really be missing (a test checks), so the list shrinks as work lands.
 EXPECTED_MISSING = {
-    # Pool (issue: pool).
-    "Pool",
-    "pool",
-    "dummy",
     # Managers (issue: managers).
     "Manager",
     "managers",

@@ -103,6 +103,27 @@ class BaseContext:
 
         return SimpleQueue(ctx=self.get_context())
 
+    def Pool(
+        self,
+        processes=None,
+        initializer=None,
+        initargs=(),
+        maxtasksperchild=None,
+        *,
+        task_timeout=None,
+    ):
+        """A pool of worker processes (``rmp.pool.Pool``) that never hangs on a dead worker."""
+        from .pool import Pool
+
+        return Pool(
+            processes,
+            initializer,
+            initargs,
+            maxtasksperchild,
+            context=self.get_context(),
+            task_timeout=task_timeout,
+        )
+
     def RawValue(self, typecode_or_type, *args):
         """A shared ctypes object without a lock."""
         from .sharedctypes import RawValue

@@ -4,6 +4,7 @@
 
 mod connection;
 mod fastcall;
+mod pool;
 mod process;
 mod queue;
 mod sharedctypes;
@@ -86,6 +87,7 @@ pub(crate) fn wait_fd_readable(
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     connection::register(m)?;
+    pool::register(m)?;
     process::register(m)?;
     queue::register(m)?;
     sharedctypes::register(m)?;

@@ -14,13 +14,15 @@ use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyValueError;
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyTuple};
+use pyo3::types::{PyByteArray, PyBytes, PyList, PyTuple};
 
+use super::pool::TaskBoard;
 use super::shm::Segment;
 use super::{deadline, wait_detached};
 use crate::errors::Error;
 use crate::queue::channel::{Channel as CoreChannel, Large};
 use crate::queue::feeder::{FeederSlot, Pending};
+use crate::pool::Board;
 use crate::queue::{Popped, Push, OPEN, SHUTDOWN_IMMEDIATE};
 use crate::shm::Segment as CoreSegment;
 use crate::sync::Me;
@@ -245,17 +247,38 @@ impl Channel {
     }
 
     /// One attempt to take up to `max` messages, as the Python objects `get` returns.
-    fn try_get_many(&self, py: Python<'_>, me: &Me, max: usize) -> PyResult<Vec<Py<PyAny>>> {
+    /// With `claim`, the first message's leading 16 bytes (job, index: u64 little-endian)
+    /// are recorded in that board slot before the pop is published (a pool worker's task).
+    fn try_get_many(
+        &self,
+        py: Python<'_>,
+        me: &Me,
+        max: usize,
+        claim: Option<(&Board, u32)>,
+    ) -> PyResult<Vec<Py<PyAny>>> {
         let links = self.chan.links();
         let popped = self
             .chan
             .ring()
-            .try_pop_many_with(me, Some(&links), max, |tag, len| {
-                // Under the ring's lock with the interpreter attached: a bytes or bytearray
-                // allocation is not tracked by the garbage collector, so it runs no Python
-                // code and cannot re-enter the queue.
-                alloc_message(py, tag, len)
-            })
+            .try_pop_many_with(
+                me,
+                Some(&links),
+                max,
+                |tag, len| {
+                    // Under the ring's lock with the interpreter attached: a bytes or
+                    // bytearray allocation is not tracked by the garbage collector, so it
+                    // runs no Python code and cannot re-enter the queue.
+                    alloc_message(py, tag, len)
+                },
+                |taken| {
+                    if let (Some((board, slot)), Some(first)) = (claim, taken.first()) {
+                        if let Some((job, index)) = task_header(py, first) {
+                            // The slot was checked by the caller: this cannot fail.
+                            let _ = board.claim(slot, job, index);
+                        }
+                    }
+                },
+            )
             .map_err(Error::from)?;
         popped
             .into_iter()
@@ -307,6 +330,7 @@ impl Channel {
         max: usize,
         block: bool,
         deadline: Option<Instant>,
+        claim: Option<(&Board, u32)>,
     ) -> PyResult<Result<Vec<Py<PyAny>>, u8>> {
         let ring = self.chan.ring();
         // As in `put_one`: the `not_empty` value is read only after a failed attempt, which
@@ -317,7 +341,7 @@ impl Channel {
             if state == SHUTDOWN_IMMEDIATE {
                 return Ok(Err(GET_SHUTDOWN));
             }
-            let got = self.try_get_many(py, me, max)?;
+            let got = self.try_get_many(py, me, max, claim)?;
             if !got.is_empty() {
                 return Ok(Ok(got));
             }
@@ -341,6 +365,33 @@ impl Channel {
             }
         }
     }
+}
+
+/// The (job, index) a pool task message starts with: two little-endian u64. Called under
+/// the ring's lock: reads the copy just made (or the memfd of a large message).
+fn task_header(py: Python<'_>, item: &Popped<Py<PyAny>>) -> Option<(u64, u64)> {
+    let mut head = [0u8; 16];
+    match item {
+        Popped::Inline { data, .. } => {
+            let data = data.bind(py);
+            if let Ok(b) = data.cast::<PyBytes>() {
+                head.copy_from_slice(b.as_bytes().get(..16)?);
+            } else {
+                let b = data.cast::<PyByteArray>().ok()?;
+                // SAFETY: the bytearray was just allocated by this call and is not shared yet:
+                // no other code can resize it while the slice lives.
+                head.copy_from_slice(unsafe { b.as_bytes() }.get(..16)?);
+            }
+        }
+        Popped::Fd { fd, len, .. } => {
+            if *len < 16 || rustix::io::pread(fd, &mut head, 0).ok()? != 16 {
+                return None;
+            }
+        }
+    }
+    let job = u64::from_le_bytes(head[..8].try_into().ok()?);
+    let index = u64::from_le_bytes(head[8..].try_into().ok()?);
+    Some((job, index))
 }
 
 /// A new, uninitialised `bytes` (or `bytearray` for a writable tag) of `len` bytes and the
@@ -591,7 +642,34 @@ impl Channel {
     fn get(&self, py: Python<'_>, block: bool, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
         let me = Me::current();
         let deadline = if block { deadline(timeout)? } else { None };
-        Ok(match self.get_some(py, &me, 1, block, deadline)? {
+        Ok(match self.get_some(py, &me, 1, block, deadline, None)? {
+            Ok(mut v) => v.pop().expect("get_some returns at least one"),
+            Err(code) => code.into_pyobject(py)?.unbind().into_any(),
+        })
+    }
+
+    /// `get` for a pool worker: the message's leading 16 bytes (job, index) are recorded
+    /// in slot `slot` of `board` before the message leaves the queue, so a worker killed at
+    /// any point leaves either the message queued or its claim on the board.
+    #[pyo3(signature = (board, slot, block=true, timeout=None))]
+    fn get_task(
+        &self,
+        py: Python<'_>,
+        board: &TaskBoard,
+        slot: u32,
+        block: bool,
+        timeout: Option<f64>,
+    ) -> PyResult<Py<PyAny>> {
+        if slot >= board.board.slots() {
+            return Err(PyValueError::new_err(format!(
+                "slot {slot} out of range (board of {})",
+                board.board.slots()
+            )));
+        }
+        let me = Me::current();
+        let deadline = if block { deadline(timeout)? } else { None };
+        let claim = Some((&board.board, slot));
+        Ok(match self.get_some(py, &me, 1, block, deadline, claim)? {
             Ok(mut v) => v.pop().expect("get_some returns at least one"),
             Err(code) => code.into_pyobject(py)?.unbind().into_any(),
         })
@@ -611,7 +689,7 @@ impl Channel {
         let me = Me::current();
         let deadline = if block { deadline(timeout)? } else { None };
         Ok(
-            match self.get_some(py, &me, max_items.max(1), block, deadline)? {
+            match self.get_some(py, &me, max_items.max(1), block, deadline, None)? {
                 Ok(v) => PyList::new(py, v)?.unbind().into_any(),
                 Err(code) => code.into_pyobject(py)?.unbind().into_any(),
             },

@@ -618,20 +618,22 @@ impl Ring {
     where
         F: FnMut(u8, usize) -> io::Result<(T, *mut u8)>,
     {
-        Ok(self.try_pop_many_with(me, links, 1, alloc)?.pop())
+        Ok(self.try_pop_many_with(me, links, 1, alloc, |_| {})?.pop())
     }
 
     /// Takes up to `max` of the oldest messages, in order, under one lock and one publish
     /// (see [`Ring::try_pop_with`]).
-    pub fn try_pop_many_with<T, F>(
+    pub fn try_pop_many_with<T, F, C>(
         &self,
         me: &Me,
         links: Option<&Links<'_>>,
         max: usize,
         mut alloc: F,
+        claim: C,
     ) -> io::Result<Vec<Popped<T>>>
     where
         F: FnMut(u8, usize) -> io::Result<(T, *mut u8)>,
+        C: FnOnce(&[Popped<T>]),
     {
         let h = self.hdr();
         let mut out = Vec::new();
@@ -697,6 +699,10 @@ impl Ring {
         }
         let popped = head.count.wrapping_sub(start.count);
         if popped > 0 {
+            // Still under the lock: a consumer killed before the publish below leaves every
+            // message for the next one, so what `claim` records (a pool worker's running
+            // task) is never missing for a message that is gone.
+            claim(&out);
             // Publish the pops only after the copies. Release pairs with the producers'
             // Acquire load of `head` in `reserve`.
             h.head.store(head.pack(), Ordering::Release);
