@@ -91,6 +91,8 @@ _OK, _FED = 0, 3
 _RESULT_BATCH = 256
 # Bytes of the task and result rings.
 _RING = 1 << 20
+# Encoded task bytes after which a long call queues what it has so far.
+_FLUSH = 256 << 10
 
 __all__ += ["WorkerLostError", "TaskTimeoutError"]
 
@@ -187,10 +189,10 @@ def _new_task_encoder():
             pickler.dispatch_table = _reducer_table()
             seen = n
 
-    def encode(job, index, fpart, argss):
+    def encode(job, index, fpart, argss, flush=None):
         nonlocal busy
         if busy:  # re-entered from a __reduce__
-            return _new_task_encoder()[0](job, index, fpart, argss)
+            return _new_task_encoder()[0](job, index, fpart, argss, flush)
         refresh()
         busy = True
         bounds = []
@@ -204,9 +206,18 @@ def _new_task_encoder():
                 index += 1
                 clear()
                 dump(args)
-                bounds.append(tell())
+                end = tell()
+                bounds.append(end)
+                if flush is not None and end >= _FLUSH:
+                    # Queue what is encoded so far: workers start while the rest is pickled.
+                    flush(getvalue(), bounds)
+                    bounds = []
+                    seek(0)
+                    truncate()
             return getvalue(), bounds
         finally:
+            # The memo holds what was pickled: let it go now, not at the next call.
+            clear()
             busy = False
 
     def func(kind_fn):
@@ -222,6 +233,8 @@ def _new_task_encoder():
             dump(kind_fn)
             return getvalue()
         finally:
+            # The memo holds what was pickled: let it go now, not at the next call.
+            clear()
             busy = False
 
     return encode, func
@@ -238,8 +251,8 @@ def _encoders():
         return enc
 
 
-def _encode_tasks(job, index, fpart, argss):
-    return _encoders()[0](job, index, fpart, argss)
+def _encode_tasks(job, index, fpart, argss, flush=None):
+    return _encoders()[0](job, index, fpart, argss, flush)
 
 
 # Function parts of plain module-level functions, kept across calls (apply_async pickles
@@ -634,7 +647,12 @@ class IMapUnorderedIterator(IMapIterator):
 
 
 def _chunks(iterable, size):
-    """Tuples of ``size`` items of ``iterable`` (the last one shorter)."""
+    """Tuples (lists, from a list) of ``size`` items of ``iterable`` (the last one
+    shorter)."""
+    if iterable.__class__ is list:
+        for i in range(0, len(iterable), size):
+            yield iterable[i : i + size]
+        return
     it = iter(iterable)
     islice = itertools.islice
     while True:
@@ -814,7 +832,7 @@ class Pool:
                 raise ValueError("task_timeout must be a positive number of seconds or None")
         self._task_timeout = task_timeout
         self._processes = processes
-        self._lock = threading.Lock()  # the state, the feeders count, the stop messages
+        self._lock = threading.RLock()  # the state, the feeders count, the stop messages
         self._feeders = 0  # imap feeding threads running
         self._stops_sent = False
         self._stopped = 0  # workers that took a stop message
@@ -862,10 +880,16 @@ class Pool:
 
     def _put_tasks(self, job, index, fpart, argss):
         """Queue one task of ``job`` per element of ``argss``, from ``index`` on (``fpart``:
-        from ``_fpart``); pickling errors raise here, before anything is queued."""
-        blob, bounds = _encode_tasks(job, index, fpart, argss)
+        from ``_fpart``), as they are pickled; a pickling error raises here (tasks queued
+        before it run, and their results are dropped by the caller)."""
+        put_batch = self._tasks.put_batch
+
+        def flush(blob, bounds):
+            put_batch(0, blob, bounds, True, None, True)
+
+        blob, bounds = _encode_tasks(job, index, fpart, argss, flush)
         if bounds:
-            self._tasks.put_batch(0, blob, bounds, True, None, True)
+            flush(blob, bounds)
 
     def _put_stops(self, n):
         blob = _HEADER.pack(_STOP_JOB, 0, 0) * n
@@ -1137,9 +1161,9 @@ class Pool:
         result = ApplyResult(self, callback, error_callback)
         try:
             if kwds:
-                self._put_tasks(result._job, 0, self._fpart(_CALL_KW, func), ((args, kwds),))
+                self._submit(result._job, 0, self._fpart(_CALL_KW, func), ((args, kwds),))
             else:
-                self._put_tasks(result._job, 0, self._fpart(_CALL, func), (args,))
+                self._submit(result._job, 0, self._fpart(_CALL, func), (args,))
         except BaseException:
             del self._cache[result._job]
             raise
@@ -1166,14 +1190,13 @@ class Pool:
             chunksize = 0
         # Materialised here: an exception from the iterable or from pickling raises at the
         # call site.
-        chunks = list(_chunks(iterable, chunksize)) if chunksize else []
         kind = _STARMAP if mapper is starmapstar else _MAP
-        fpart = self._fpart(kind, func) if chunks else None
+        fpart = self._fpart(kind, func) if chunksize else None
         bar = _progress_bar(progress, len(iterable))
         result = MapResult(self, chunksize, len(iterable), callback, error_callback, bar)
-        if chunks:
+        if chunksize:
             try:
-                self._put_tasks(result._job, 0, fpart, chunks)
+                self._submit(result._job, 0, fpart, _chunks(iterable, chunksize))
             except BaseException:
                 self._cache.pop(result._job, None)
                 if bar is not None:
@@ -1210,19 +1233,29 @@ class Pool:
             # Known items: queued now (pickling errors raise here).
             try:
                 argss = list(items)
-                self._put_tasks(result._job, 0, fpart, argss)
+                self._submit(result._job, 0, fpart, argss)
             except BaseException:
                 self._cache.pop(result._job, None)
                 raise
             result._set_length(len(argss))
         else:
             with self._lock:
+                if self._state != RUN:
+                    self._cache.pop(result._job, None)
+                    raise ValueError("Pool not running")
                 self._feeders += 1
             t = threading.Thread(target=self._feed, args=(result, fpart, items), daemon=True)
             t.start()
         if chunksize == 1:
             return result
         return _Chunked(result)
+
+    def _submit(self, job, index, fpart, argss):
+        """``_put_tasks`` while the pool runs: under the lock that ``close()`` takes to queue
+        the stop messages, so that no task is queued behind them."""
+        with self._lock:
+            self._check_running()
+            self._put_tasks(job, index, fpart, argss)
 
     def _feed(self, result, fpart, items):
         """Queue the tasks of an imap over a lazy iterable, as the stdlib's task handler
@@ -1273,15 +1306,17 @@ class Pool:
             if self._stops_sent or self._feeders:
                 return
             self._stops_sent = True
-        self._put_stops(self._processes)
+            self._put_stops(self._processes)
         self._waker.wake()
 
     def close(self):
         """No more tasks: the workers exit once the queued ones are done."""
         util.debug("closing pool")
-        if self._state == RUN:
+        with self._lock:
+            if self._state != RUN:
+                return
             self._state = CLOSE
-            self._send_stops()
+        self._send_stops()
 
     def terminate(self):
         """Stop the workers now (outstanding tasks fail with ``WorkerLostError``)."""
@@ -1364,7 +1399,7 @@ class _TerminateState:
             result_handler.join()
         # What is still pending will never come.
         for job, result in list(self.cache.items()):
-            exc = WorkerLostError("the pool was terminated before task of job %d finished" % job)
+            exc = WorkerLostError("the pool was terminated before job %d finished" % job)
             try:
                 if isinstance(result, IMapIterator):
                     with result._cond:
@@ -1412,25 +1447,32 @@ class ThreadPool(Pool):
         return data
 
     def _setup_queues(self):
+        # As in the stdlib, tasks reach the workers' queue through a task-handler thread,
+        # which terminate() stops first: a terminated pool starts no queued task.
+        self._taskqueue = queue.SimpleQueue()
         self._inqueue = queue.SimpleQueue()
         self._outqueue = queue.SimpleQueue()
+        self._terminated = [False]
         self._results_get = _batch_getter(self._outqueue)
-        self._tasks = _ThreadChannel(self._inqueue, self._processes)
+        self._tasks = _ThreadChannel(self._inqueue, self._processes, self._taskqueue)
+        self._tasks.terminated = self._terminated
         self._results = _ThreadChannel(self._outqueue, self._processes)
+        self._task_handler = threading.Thread(
+            target=_handle_thread_tasks,
+            args=(self._taskqueue, self._inqueue, self._terminated),
+            daemon=True,
+        )
+        self._task_handler.start()
 
     @staticmethod
     def _fpart(kind, func):
         return (kind, func)
 
     def _put_tasks(self, job, index, fpart, argss):
-        put = self._inqueue.put
-        for args in argss:
-            put((job, index, fpart, args))
-            index += 1
+        self._taskqueue.put([(job, i, fpart, args) for i, args in enumerate(argss, index)])
 
     def _put_stops(self, n):
-        for _ in range(n):
-            self._inqueue.put(None)
+        self._taskqueue.put([None] * n)
 
     def _post_result(self, job, i, obj):
         self._outqueue.put((None, (job, i, obj)))
@@ -1439,7 +1481,13 @@ class ThreadPool(Pool):
         w = self.Process(
             self._ctx,
             target=_thread_worker,
-            args=(self._inqueue, self._outqueue, self._initializer, self._initargs),
+            args=(
+                self._inqueue,
+                self._outqueue,
+                self._terminated,
+                self._initializer,
+                self._initargs,
+            ),
         )
         w.name = w.name.replace("Process", "PoolWorker")
         w.daemon = True
@@ -1464,9 +1512,11 @@ class ThreadPool(Pool):
 class _ThreadChannel:
     """What ``_TerminateState`` calls on a ring, for a ``ThreadPool``'s ``queue.SimpleQueue``."""
 
-    def __init__(self, q, workers):
+    def __init__(self, q, workers, taskqueue=None):
         self.q = q
         self.workers = workers
+        self.taskqueue = taskqueue
+        self.terminated = None
 
     def cancel_feeder(self):
         pass
@@ -1477,6 +1527,8 @@ class _ThreadChannel:
     def shutdown(self, immediate):
         q = self.q
         if immediate:
+            self.terminated[0] = True
+            self.taskqueue.put(None)  # ends the task handler
             try:
                 while True:
                     q.get_nowait()
@@ -1502,13 +1554,25 @@ def _batch_getter(q):
     return get_many
 
 
-def _thread_worker(inqueue, outqueue, initializer=None, initargs=()):
+def _handle_thread_tasks(taskqueue, inqueue, terminated):
+    """A ``ThreadPool``'s task handler: moves batches of tasks to the workers' queue."""
+    put = inqueue.put
+    while True:
+        batch = taskqueue.get()
+        if batch is None or terminated[0]:
+            return
+        for task in batch:
+            put(task)
+        batch = task = None
+
+
+def _thread_worker(inqueue, outqueue, terminated, initializer=None, initargs=()):
     if initializer is not None:
         initializer(*initargs)
     get, put = inqueue.get, outqueue.put
     while True:
         task = get()
-        if task is None:
+        if task is None or terminated[0]:
             break
         job, i, (kind, func), args = task
         try:

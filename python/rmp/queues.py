@@ -125,6 +125,8 @@ def _new_encoder():
             clear()
             dump(obj)
         finally:
+            # The memo holds what was pickled: let it go now, not at the next call.
+            clear()
             busy = False
         if not buffers:
             return _PICKLE, getvalue()
@@ -179,6 +181,8 @@ def _new_batch_encoder():
                 bounds.append(end)
             return getvalue(), bounds
         finally:
+            # The memo holds what was pickled: let it go now, not at the next call.
+            clear()
             busy = False
 
     return encode_many

@@ -20,8 +20,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::shm::Segment;
 
-/// `"RMPB"`, written last by [`Board::create`].
-pub const BOARD_MAGIC: u32 = u32::from_le_bytes(*b"RMPB");
+/// `"RMPT"` (task board), written last by [`Board::create`].
+pub const BOARD_MAGIC: u32 = u32::from_le_bytes(*b"RMPT");
 /// Layout version of [`BoardHeader`] and [`Slot`].
 pub const BOARD_VERSION: u32 = 1;
 
