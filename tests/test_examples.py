@@ -31,6 +31,10 @@ EXPECTED = {
     "listener_client.py": ["client got: 10", "client exit code: 0"],
     "sync_primitives.py": ["results: [0, 10, 20] done: 3"],
     "named_shared_memory.py": ["b'HELLO'"],
+    "pool_worker_crash.py": [
+        "results: [0, 1, 4, 'lost (SIGKILL)', 16, 25]",
+        "pool still works: [1, 2, 3]",
+    ],
     "joinable_pipeline.py": [
         "sums: %s" % [i * 100_000 for i in range(12)],
         "workers exit codes: [0, 0, 0]",

@@ -76,6 +76,10 @@ job_counter = itertools.count()
 # pickled arguments of the kind.
 _HEADER = struct.Struct("<QQI")
 _HEADER_SIZE = _HEADER.size
+# A result message: job (signed: the parent's control messages use negative ids) and index,
+# then the pickled (success, value), so that a value the parent cannot unpickle fails its own
+# task only.
+_RESULT_HEADER = struct.Struct("<qQ")
 # Task kinds: how a worker applies ``func`` to the arguments part.
 _CALL = 0  # func(*args)
 _CALL_KW = 1  # func(*args, **kwds): the part is (args, kwds)
@@ -325,6 +329,7 @@ def worker(
     tasks, results, board = tasks.obj, results.obj, board.obj
     get_task, put, finish = tasks.get_task, results.put, board.finish
     unpack, loads = _HEADER.unpack_from, ForkingPickler.loads
+    pack_result = _RESULT_HEADER.pack
     starmap = itertools.starmap
     encode = _new_encoder()
     if initializer is not None:
@@ -373,13 +378,14 @@ def worker(
         if last_fpart is None:
             func = None
         try:
-            tag, data = encode((job, i, result))
+            tag, data = encode(result)
         except Exception as e:
             wrapped = MaybeEncodingError(e, result[1])
             util.debug("Possible encoding error while sending result: %s" % wrapped)
-            tag, data = encode((job, i, (False, wrapped)))
+            tag, data = encode((False, wrapped))
         result = None
-        put(tag, data, True, None, False)
+        head = pack_result(job, i)
+        put(tag, [head, data] if data.__class__ is bytes else [head, *data], True, None, False)
         finish(slot)
         completed += 1
     util.debug("worker exiting after %d tasks" % completed)
@@ -392,7 +398,7 @@ _REUSABLE = (types.FunctionType, types.BuiltinFunctionType, type)
 # Result objects
 #
 
-# Guards the lazy creation of a result's event against its completion.
+# Makes the waiters of a result share the one event they create.
 _events_lock = threading.Lock()
 
 
@@ -423,13 +429,14 @@ class ApplyResult:
         """Wait until the result is available or ``timeout`` seconds pass."""
         if self._ready:
             return
-        with _events_lock:
-            if self._ready:
-                return
+        with _events_lock:  # waiters share one event
             event = self._event
             if event is None:
                 event = self._event = threading.Event()
-        event.wait(timeout)
+        # Installed before `_ready` is read again, while `_done` stores `_ready` before it
+        # reads `_event`: one of the two sees the other's store, so no wake-up is missed.
+        if not self._ready:
+            event.wait(timeout)
 
     def get(self, timeout=None):
         """The result when it arrives; raises ``multiprocessing.TimeoutError`` if it does not
@@ -443,9 +450,8 @@ class ApplyResult:
         raise self._value
 
     def _done(self):
-        with _events_lock:
-            self._ready = True
-            event = self._event
+        self._ready = True
+        event = self._event
         if event is not None:
             event.set()
 
@@ -850,8 +856,8 @@ class Pool:
             raise
         self._state = RUN
         self._result_handler = threading.Thread(
-            target=Pool._handle_results,
-            args=(self._results_get, self._decode_result, self._cache),
+            target=self._handle_results,
+            args=(self._results_get, self._cache),
             daemon=True,
         )
         self._result_handler.start()
@@ -862,8 +868,6 @@ class Pool:
         )
 
     # -- transport (processes; ThreadPool overrides) --------------------------------------
-
-    _decode_result = staticmethod(_decode)
 
     def _setup_queues(self):
         self._tasks = _core.Channel(_RING, 0xFFFFFFFF)
@@ -898,8 +902,9 @@ class Pool:
 
     def _post_result(self, job, i, obj):
         """Put a control message into the result ring, after every result already there."""
-        tag, data = _encode((job, i, obj))
-        self._results.put(tag, data, True, None, True)
+        tag, data = _encode(obj)
+        head = _RESULT_HEADER.pack(job, i)
+        self._results.put(tag, [head, data] if data.__class__ is bytes else [head, *data])
 
     def _new_worker(self, slot):
         w = self.Process(
@@ -1085,28 +1090,45 @@ class Pool:
     # -- the result thread ---------------------------------------------------------------
 
     @staticmethod
-    def _handle_results(get_many, decode, cache):
+    def _handle_results(get_many, cache):
+        loads, unpack = ForkingPickler.loads, _RESULT_HEADER.unpack_from
         while True:
             msgs = get_many(_RESULT_BATCH, True, None)
             if msgs.__class__ is int:  # the ring was shut down
                 break
             for tag, data in msgs:
-                job, i, obj = decode(tag, data)
-                if job < 0:
-                    if job == _FINISH:
-                        util.debug("result handler got sentinel")
-                        return
-                    job, i, obj = obj
-                    try:
-                        cache[job]._lost(i, obj)
-                    except KeyError:
-                        pass
-                    continue
+                view = memoryview(data)
+                job, i = unpack(view)
                 try:
-                    cache[job]._set(i, obj)
+                    obj = loads(view[16:]) if tag == 0 else _decode(tag, view[16:])
+                except Exception as e:
+                    # Pickled in the worker, but it cannot be rebuilt here: fail this task
+                    # (the stdlib's result thread dies of it, and the pool hangs).
+                    exc = MaybeEncodingError(e, "<the result of task %d of job %d>" % (i, job))
+                    exc.__cause__ = e
+                    obj = (False, exc)
+                view = data = None
+                Pool._dispatch(cache, job, i, obj)
+                if job == _FINISH:
+                    util.debug("result handler got sentinel")
+                    return
+            msgs = tag = obj = None
+
+    @staticmethod
+    def _dispatch(cache, job, i, obj):
+        """Hands a result (or a control message) to its result object."""
+        if job < 0:
+            if job == _LOST:
+                job, i, obj = obj
+                try:
+                    cache[job]._lost(i, obj)
                 except KeyError:
                     pass
-            msgs = tag = data = obj = None
+            return
+        try:
+            cache[job]._set(i, obj)
+        except KeyError:
+            pass
 
     # -- the API -------------------------------------------------------------------------
 
@@ -1161,9 +1183,9 @@ class Pool:
         result = ApplyResult(self, callback, error_callback)
         try:
             if kwds:
-                self._submit(result._job, 0, self._fpart(_CALL_KW, func), ((args, kwds),))
+                self._submit_one(result._job, self._fpart(_CALL_KW, func), (args, kwds))
             else:
-                self._submit(result._job, 0, self._fpart(_CALL, func), (args,))
+                self._submit_one(result._job, self._fpart(_CALL, func), args)
         except BaseException:
             del self._cache[result._job]
             raise
@@ -1249,6 +1271,13 @@ class Pool:
         if chunksize == 1:
             return result
         return _Chunked(result)
+
+    def _submit_one(self, job, fpart, args):
+        """``_submit`` of one task (``apply_async``), without the batch machinery."""
+        data = _encoders()[1](args)
+        with self._lock:
+            self._check_running()
+            self._tasks.put(0, [_HEADER.pack(job, 0, len(fpart)), fpart, data], True, None, True)
 
     def _submit(self, job, index, fpart, argss):
         """``_put_tasks`` while the pool runs: under the lock that ``close()`` takes to queue
@@ -1443,8 +1472,12 @@ class ThreadPool(Pool):
         Pool.__init__(self, processes, initializer, initargs)
 
     @staticmethod
-    def _decode_result(tag, data):
-        return data
+    def _handle_results(get_many, cache):
+        while True:
+            for _tag, (job, i, obj) in get_many(_RESULT_BATCH, True, None):
+                Pool._dispatch(cache, job, i, obj)
+                if job == _FINISH:
+                    return
 
     def _setup_queues(self):
         # As in the stdlib, tasks reach the workers' queue through a task-handler thread,
@@ -1473,6 +1506,9 @@ class ThreadPool(Pool):
 
     def _put_stops(self, n):
         self._taskqueue.put([None] * n)
+
+    def _submit_one(self, job, fpart, args):
+        self._submit(job, 0, fpart, (args,))
 
     def _post_result(self, job, i, obj):
         self._outqueue.put((None, (job, i, obj)))
