@@ -871,3 +871,48 @@ def test_sigint_interrupts_blocking_calls(kind):
         p.terminate()
         _joined(p)
         assert time.monotonic() - t0 < 10
+
+
+#
+# Workers that die before they are ready (the initializer raises)
+#
+
+
+def _failing_initializer():
+    raise RuntimeError("the initializer cannot connect")
+
+
+def _fail_first_initializer(counter):
+    with counter.get_lock():
+        counter.value += 1
+        n = counter.value
+    if n == 1:
+        raise RuntimeError("only the first worker's initializer fails")
+
+
+def test_an_initializer_that_always_fails_fails_the_work_instead_of_hanging(capfd):
+    """The stdlib restarts such workers forever and map() never returns; here, once as many
+    workers in a row as the pool has died before they were ready, what is pending fails."""
+    with rmp.Pool(2, initializer=_failing_initializer) as p:
+        r = p.map_async(_square, range(10))
+        with pytest.raises(rpool.WorkerLostError, match="initializer") as ei:
+            r.get(timeout=30)
+        assert ei.value.exitcode == 1
+        it = p.imap(_square, range(3))
+        with pytest.raises(rpool.WorkerLostError):
+            it.next(30)
+    _joined(p)
+    assert "the initializer cannot connect" in capfd.readouterr().err
+
+
+def test_a_worker_whose_initializer_failed_once_is_replaced():
+    counter = rmp.Value("i", 0)
+    with rmp.Pool(2, initializer=_fail_first_initializer, initargs=(counter,)) as p:
+        assert p.map(_square, range(50), chunksize=1) == SQUARES[:50]
+        # The failed worker is replaced (after a short delay): its initializer runs again.
+        deadline = time.monotonic() + 30
+        while counter.value < 3:
+            assert time.monotonic() < deadline, "the failed worker was never replaced"
+            time.sleep(0.01)
+        assert p.map(_square, range(50)) == SQUARES[:50]
+    _joined(p)

@@ -90,6 +90,7 @@ _STOP_JOB = (1 << 64) - 1
 # Result-ring control messages (job ids no task has).
 _LOST = -1  # (job, index, exception): a task whose worker died
 _FINISH = -2  # the result thread ends
+_BROKEN = -3  # exception: fail everything pending (workers keep dying before any task)
 _OK, _FED = 0, 3
 # Results taken per wake of the result thread.
 _RESULT_BATCH = 256
@@ -334,6 +335,9 @@ def worker(
     encode = _new_encoder()
     if initializer is not None:
         initializer(*initargs)
+    # Started: the slot shows this pid from now on (a worker that dies before this line is
+    # one that could not start, see Pool._early_death).
+    finish(slot)
     # The last function part and what it unpickled to: a task of the same call reuses a
     # plain function or class (never a callable instance, which may carry state).
     last_fpart = kind = func = None
@@ -468,6 +472,16 @@ class ApplyResult:
     def _lost(self, i, exc):
         if not self._ready:
             self._set(i, (False, exc))
+
+    def _abort(self, exc):
+        """Fails the whole job now (the pool cannot finish it)."""
+        if not self._ready:
+            self._success, self._value = False, exc
+            if self._error_callback:
+                _call_back(self._error_callback, exc)
+            self._cache.pop(self._job, None)
+            self._done()
+            self._pool = None
 
     __class_getitem__ = classmethod(types.GenericAlias)
 
@@ -612,6 +626,15 @@ class IMapIterator:
 
     def _lost(self, i, exc):
         self._set(i, (False, exc))
+
+    def _abort(self, exc):
+        """Ends the iteration with ``exc`` (the pool cannot finish the job)."""
+        with self._cond:
+            self._items.append((False, exc))
+            self._length = self._index = self._index + 1
+            self._cond.notify_all()
+        self._cache.pop(self._job, None)
+        self._pool = None
 
     def _set_length(self, length):
         with self._cond:
@@ -842,6 +865,8 @@ class Pool:
         self._feeders = 0  # imap feeding threads running
         self._stops_sent = False
         self._stopped = 0  # workers that took a stop message
+        self._early_deaths = 0  # workers in a row that died before taking a task
+        self._respawn_at = 0.0  # no replacement before this time.monotonic()
         self._workers_lock = threading.RLock()  # self._pool, against _repopulate_pool()
         self._setup_queues()
         try:
@@ -978,6 +1003,9 @@ class Pool:
                 pass
         # Bounded, so that a pool dropped without close() is noticed (weakref above).
         wait = 1.0 if timeout is None else min(timeout, 1.0)
+        delay = self._respawn_at - time.monotonic()
+        if delay > 0:
+            wait = min(wait, delay)
         try:
             poller.poll(wait * 1000)
         except InterruptedError:
@@ -1038,6 +1066,8 @@ class Pool:
                 if self._account_exit(w):
                     self._stopped += 1
                 w.join()
+            if time.monotonic() < self._respawn_at:
+                return
             if self._state == RUN:
                 self._repopulate_pool_to(self._processes)
             elif self._state == CLOSE:
@@ -1048,7 +1078,13 @@ class Pool:
     def _account_exit(self, w):
         """Handles a worker that exited; True if it took a stop message."""
         running, pid, job, index, _started, _claims, torn = self._board.read(w._rmp_slot)
-        if torn or pid != w.pid or not running:
+        if pid != w.pid and not torn:
+            # It never got ready for tasks.
+            if w.exitcode != 0:
+                self._early_death(w)
+            return False
+        self._early_deaths = 0
+        if torn or not running:
             return False
         if job == _STOP_JOB:
             return True
@@ -1065,6 +1101,30 @@ class Pool:
             exc = self._lost_error(w, code, job, index)
         self._post_result(_LOST, 0, (job, index, exc))
         return False
+
+    def _early_death(self, w):
+        """A worker died before it was ready for tasks (its initializer raised, its start
+        failed...). Replacements are delayed more and more (up to 2 s), and once as many
+        workers as the pool has died so in a row, what is pending fails: it would wait
+        forever otherwise (as it does with the stdlib)."""
+        self._early_deaths += 1
+        n = self._early_deaths
+        self._respawn_at = time.monotonic() + min(0.05 * 2 ** min(n - 1, 6), 2.0)
+        if n % max(2, self._processes) == 0:
+            code = w.exitcode
+            how = (
+                "was killed by %s" % _signal_name(-code)
+                if code < 0
+                else "exited with code %d" % code
+            )
+            exc = WorkerLostError(
+                "%d pool workers in a row died before they were ready for tasks (the "
+                "last, %d (%s), %s): is the initializer failing? (see its output)"
+                % (n, w.pid, w.name, how),
+                pid=w.pid,
+                exitcode=code,
+            )
+            self._post_result(_BROKEN, 0, exc)
 
     def _lost_error(self, w, code, job, index):
         oom = False
@@ -1124,6 +1184,9 @@ class Pool:
                     cache[job]._lost(i, obj)
                 except KeyError:
                     pass
+            elif job == _BROKEN:
+                for result in list(cache.values()):
+                    result._abort(obj)
             return
         try:
             cache[job]._set(i, obj)
@@ -1428,21 +1491,7 @@ class _TerminateState:
             result_handler.join()
         # What is still pending will never come.
         for job, result in list(self.cache.items()):
-            exc = WorkerLostError("the pool was terminated before job %d finished" % job)
-            try:
-                if isinstance(result, IMapIterator):
-                    with result._cond:
-                        result._items.append((False, exc))
-                        result._length = result._index + 1
-                        result._index = result._length
-                        result._cond.notify_all()
-                    result._cache.pop(job, None)
-                else:
-                    result._success, result._value = False, exc
-                    result._cache.pop(job, None)
-                    result._done()
-            except Exception:
-                pass
+            result._abort(WorkerLostError("the pool was terminated before job %d finished" % job))
         self.waker.close()
 
 
