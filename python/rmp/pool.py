@@ -31,6 +31,7 @@ import copyreg
 import io
 import itertools
 import os
+import pickle
 import queue
 import select
 import signal
@@ -70,16 +71,20 @@ TERMINATE = "TERMINATE"
 
 job_counter = itertools.count()
 
-# A task message: its header (job and index: little-endian u64, which ``get_task`` records
-# on the board; the length of the function part: u32), the function part (the pickled
-# ``(kind, func)``, the same bytes for every task of a call, pickled once per call), then the
-# pickled arguments of the kind.
-_HEADER = struct.Struct("<QQI")
-_HEADER_SIZE = _HEADER.size
-# A result message: job (signed: the parent's control messages use negative ids) and index,
-# then the pickled (success, value), so that a value the parent cannot unpickle fails its own
-# task only.
-_RESULT_HEADER = struct.Struct("<qQ")
+# A task message: the pickled arguments of its kind, the function part (the pickled
+# ``(kind, func)``, the same bytes for every task of a call, pickled once per call), then a
+# trailer: the length of the function part (u32), job and index (little-endian u64: the last
+# 16 bytes, which ``get_task`` records on the board). ``pickle.loads`` stops at the end of
+# the arguments' pickle, so nothing is sliced to read them.
+_TRAILER = struct.Struct("<IQQ")
+_TRAILER_SIZE = _TRAILER.size
+# A result message: the pickled (success, value), then job (signed: the parent's control
+# messages use negative ids) and index, read apart from the pickle so that a value the
+# parent cannot unpickle fails its own task only.
+_RESULT_TRAILER = struct.Struct("<qQ")
+# Results of these types (alone, or in a short list) are pickled by ``pickle.dumps``:
+# ``ForkingPickler`` registers no reducer for them.
+_PLAIN = frozenset((int, float, str, bytes, bool, type(None), complex))
 # Task kinds: how a worker applies ``func`` to the arguments part.
 _CALL = 0  # func(*args)
 _CALL_KW = 1  # func(*args, **kwds): the part is (args, kwds)
@@ -94,8 +99,9 @@ _BROKEN = -3  # exception: fail everything pending (workers keep dying before an
 _OK, _FED = 0, 3
 # Results taken per wake of the result thread.
 _RESULT_BATCH = 256
-# Bytes of the task and result rings.
-_RING = 1 << 20
+# Bytes of the task and result rings: a default map chunk of a million small items (about
+# 600 KB pickled) fits in the ring itself, not in a memfd of its own.
+_RING = 1 << 22
 # Encoded task bytes after which a long call queues what it has so far.
 _FLUSH = 256 << 10
 
@@ -171,7 +177,7 @@ def _oom_kills():
 
 def _new_task_encoder():
     """An ``encode(job, index0, fpart, argss) -> (blob, bounds)``: one task message per
-    element of ``argss`` (see ``_HEADER``), with one reused ``ForkingPickler`` per thread.
+    element of ``argss`` (see ``_TRAILER``), with one reused ``ForkingPickler`` per thread.
     ``func(fn)`` pickles a function part."""
     buf = io.BytesIO()
     pickler = ForkingPickler(buf, 5)
@@ -182,7 +188,7 @@ def _new_task_encoder():
         buf.write,
         buf.getvalue,
     )
-    clear, dump, pack = pickler.clear_memo, pickler.dump, _HEADER.pack
+    clear, dump, pack = pickler.clear_memo, pickler.dump, _TRAILER.pack
     extra, table = ForkingPickler._extra_reducers, copyreg.dispatch_table
     seen = -1
     busy = False
@@ -206,11 +212,11 @@ def _new_task_encoder():
             seek(0)
             truncate()
             for args in argss:
-                write(pack(job, index, head))
-                write(fpart)
-                index += 1
                 clear()
                 dump(args)
+                write(fpart)
+                write(pack(head, job, index))
+                index += 1
                 end = tell()
                 bounds.append(end)
                 if flush is not None and end >= _FLUSH:
@@ -329,9 +335,10 @@ def worker(
         raise AssertionError(f"Maxtasks {maxtasks!r} is not valid")
     tasks, results, board = tasks.obj, results.obj, board.obj
     get_task, put, finish = tasks.get_task, results.put, board.finish
-    unpack, loads = _HEADER.unpack_from, ForkingPickler.loads
-    pack_result = _RESULT_HEADER.pack
+    trailer, loads, dumps = _TRAILER.unpack_from, ForkingPickler.loads, pickle.dumps
+    pack_result = _RESULT_TRAILER.pack
     starmap = itertools.starmap
+    plain = _PLAIN
     encode = _new_encoder()
     if initializer is not None:
         initializer(*initargs)
@@ -351,20 +358,22 @@ def worker(
             continue
         if r.__class__ is not tuple:  # the ring was shut down (terminate)
             break
-        view = memoryview(r[1])
-        job, i, flen = unpack(view)
+        data = r[1]
+        if data.__class__ is not bytes:  # a large message, in a memfd of its own
+            data = memoryview(data)
+        end = len(data) - _TRAILER_SIZE
+        flen, job, i = trailer(data, end)
         if job == _STOP_JOB:
             util.debug("worker got sentinel -- exiting")
             break
         try:
-            end = _HEADER_SIZE + flen
-            fpart = view[_HEADER_SIZE:end]
+            fpart = data[end - flen : end]
             if fpart != last_fpart:
                 last_fpart = None
                 kind, func = loads(fpart)
                 if func.__class__ in _REUSABLE:
                     last_fpart = bytes(fpart)
-            args = loads(view[end:])
+            args = loads(data)  # the arguments' pickle comes first: loads() stops at its end
             if kind == _CALL:
                 result = (True, func(*args))
             elif kind == _MAP:
@@ -378,18 +387,26 @@ def worker(
             if wrap_exception:
                 e = ExceptionWithTraceback(e, e.__traceback__)
             result = (False, e)
-        fpart = args = view = r = None
+        fpart = args = data = r = None
         if last_fpart is None:
             func = None
+        value = result[1]
+        cls = value.__class__
         try:
-            tag, data = encode(result)
+            if cls in plain or (
+                cls is list and len(value) <= 8 and all(v.__class__ in plain for v in value)
+            ):
+                tag, data = 0, dumps(result, 5)
+            else:
+                tag, data = encode(result)
         except Exception as e:
-            wrapped = MaybeEncodingError(e, result[1])
+            wrapped = MaybeEncodingError(e, value)
             util.debug("Possible encoding error while sending result: %s" % wrapped)
             tag, data = encode((False, wrapped))
-        result = None
-        head = pack_result(job, i)
-        put(tag, [head, data] if data.__class__ is bytes else [head, *data], True, None, False)
+        result = value = None
+        tail = pack_result(job, i)
+        put(tag, [data, tail] if data.__class__ is bytes else [*data, tail], True, None, False)
+        data = None
         finish(slot)
         completed += 1
     util.debug("worker exiting after %d tasks" % completed)
@@ -921,15 +938,15 @@ class Pool:
             flush(blob, bounds)
 
     def _put_stops(self, n):
-        blob = _HEADER.pack(_STOP_JOB, 0, 0) * n
-        size = _HEADER_SIZE
+        blob = _TRAILER.pack(0, _STOP_JOB, 0) * n
+        size = _TRAILER_SIZE
         self._tasks.put_batch(0, blob, [size * (k + 1) for k in range(n)], True, None, True)
 
     def _post_result(self, job, i, obj):
         """Put a control message into the result ring, after every result already there."""
         tag, data = _encode(obj)
-        head = _RESULT_HEADER.pack(job, i)
-        self._results.put(tag, [head, data] if data.__class__ is bytes else [head, *data])
+        tail = _RESULT_TRAILER.pack(job, i)
+        self._results.put(tag, [data, tail] if data.__class__ is bytes else [*data, tail])
 
     def _new_worker(self, slot):
         w = self.Process(
@@ -1151,23 +1168,25 @@ class Pool:
 
     @staticmethod
     def _handle_results(get_many, cache):
-        loads, unpack = ForkingPickler.loads, _RESULT_HEADER.unpack_from
+        loads, trailer = ForkingPickler.loads, _RESULT_TRAILER.unpack_from
         while True:
             msgs = get_many(_RESULT_BATCH, True, None)
             if msgs.__class__ is int:  # the ring was shut down
                 break
             for tag, data in msgs:
-                view = memoryview(data)
-                job, i = unpack(view)
+                if data.__class__ is not bytes:  # a large message, in a memfd of its own
+                    data = memoryview(data)
+                job, i = trailer(data, len(data) - 16)
                 try:
-                    obj = loads(view[16:]) if tag == 0 else _decode(tag, view[16:])
+                    # The pickle comes first: loads() stops at its end.
+                    obj = loads(data) if tag == 0 else _decode(tag, data)
                 except Exception as e:
                     # Pickled in the worker, but it cannot be rebuilt here: fail this task
                     # (the stdlib's result thread dies of it, and the pool hangs).
                     exc = MaybeEncodingError(e, "<the result of task %d of job %d>" % (i, job))
                     exc.__cause__ = e
                     obj = (False, exc)
-                view = data = None
+                data = None
                 Pool._dispatch(cache, job, i, obj)
                 if job == _FINISH:
                     util.debug("result handler got sentinel")
@@ -1340,7 +1359,7 @@ class Pool:
         data = _encoders()[1](args)
         with self._lock:
             self._check_running()
-            self._tasks.put(0, [_HEADER.pack(job, 0, len(fpart)), fpart, data], True, None, True)
+            self._tasks.put(0, [data, fpart, _TRAILER.pack(len(fpart), job, 0)], True, None, True)
 
     def _submit(self, job, index, fpart, argss):
         """``_put_tasks`` while the pool runs: under the lock that ``close()`` takes to queue

@@ -181,7 +181,8 @@ impl Board {
         s.seq.fetch_add(1, Ordering::Relaxed);
         std::sync::atomic::fence(Ordering::Release);
         write(s);
-        s.pid.store(crate::platform::cached_pid() as u32, Ordering::Relaxed);
+        s.pid
+            .store(crate::platform::cached_pid() as u32, Ordering::Relaxed);
         // Release: the fields are visible to a reader that sees the even `seq` (pairs with
         // the Acquire load in `read`).
         s.seq.fetch_add(1, Ordering::Release);
@@ -250,7 +251,10 @@ mod tests {
         assert_eq!(b.read(1).unwrap().state, IDLE);
         b.claim(1, 7, 42).unwrap();
         let v = b.read(1).unwrap();
-        assert_eq!((v.state, v.job, v.index, v.claims, v.torn), (RUNNING, 7, 42, 1, false));
+        assert_eq!(
+            (v.state, v.job, v.index, v.claims, v.torn),
+            (RUNNING, 7, 42, 1, false)
+        );
         assert_eq!(v.pid as i32, crate::platform::getpid());
         assert!(v.started_ns > 0 && v.started_ns <= monotonic_ns());
         b.finish(1).unwrap();

@@ -20,9 +20,9 @@ use super::pool::TaskBoard;
 use super::shm::Segment;
 use super::{deadline, wait_detached};
 use crate::errors::Error;
+use crate::pool::Board;
 use crate::queue::channel::{Channel as CoreChannel, Large};
 use crate::queue::feeder::{FeederSlot, Pending};
-use crate::pool::Board;
 use crate::queue::{Popped, Push, OPEN, SHUTDOWN_IMMEDIATE};
 use crate::shm::Segment as CoreSegment;
 use crate::sync::Me;
@@ -247,8 +247,8 @@ impl Channel {
     }
 
     /// One attempt to take up to `max` messages, as the Python objects `get` returns.
-    /// With `claim`, the first message's leading 16 bytes (job, index: u64 little-endian)
-    /// are recorded in that board slot before the pop is published (a pool worker's task).
+    /// With `claim`, the first message's last 16 bytes (job, index: u64 little-endian) are
+    /// recorded in that board slot before the pop is published (a pool worker's task).
     fn try_get_many(
         &self,
         py: Python<'_>,
@@ -367,30 +367,34 @@ impl Channel {
     }
 }
 
-/// The (job, index) a pool task message starts with: two little-endian u64. Called under
-/// the ring's lock: reads the copy just made (or the memfd of a large message).
+/// The (job, index) a pool task message ends with: two little-endian u64, its last 16
+/// bytes. Called under the ring's lock: reads the copy just made (or the memfd of a large
+/// message).
 fn task_header(py: Python<'_>, item: &Popped<Py<PyAny>>) -> Option<(u64, u64)> {
-    let mut head = [0u8; 16];
+    let mut tail = [0u8; 16];
     match item {
         Popped::Inline { data, .. } => {
             let data = data.bind(py);
             if let Ok(b) = data.cast::<PyBytes>() {
-                head.copy_from_slice(b.as_bytes().get(..16)?);
+                let b = b.as_bytes();
+                tail.copy_from_slice(b.get(b.len().checked_sub(16)?..)?);
             } else {
                 let b = data.cast::<PyByteArray>().ok()?;
                 // SAFETY: the bytearray was just allocated by this call and is not shared yet:
                 // no other code can resize it while the slice lives.
-                head.copy_from_slice(unsafe { b.as_bytes() }.get(..16)?);
+                let b = unsafe { b.as_bytes() };
+                tail.copy_from_slice(b.get(b.len().checked_sub(16)?..)?);
             }
         }
         Popped::Fd { fd, len, .. } => {
-            if *len < 16 || rustix::io::pread(fd, &mut head, 0).ok()? != 16 {
+            let at = len.checked_sub(16)?;
+            if rustix::io::pread(fd, &mut tail, at).ok()? != 16 {
                 return None;
             }
         }
     }
-    let job = u64::from_le_bytes(head[..8].try_into().ok()?);
-    let index = u64::from_le_bytes(head[8..].try_into().ok()?);
+    let job = u64::from_le_bytes(tail[..8].try_into().ok()?);
+    let index = u64::from_le_bytes(tail[8..].try_into().ok()?);
     Some((job, index))
 }
 
@@ -648,7 +652,7 @@ impl Channel {
         })
     }
 
-    /// `get` for a pool worker: the message's leading 16 bytes (job, index) are recorded
+    /// `get` for a pool worker: the message's last 16 bytes (job, index) are recorded
     /// in slot `slot` of `board` before the message leaves the queue, so a worker killed at
     /// any point leaves either the message queued or its claim on the board.
     #[pyo3(signature = (board, slot, block=true, timeout=None))]
