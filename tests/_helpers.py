@@ -74,3 +74,25 @@ def join_or_kill(procs, timeout=30):
         if p.exitcode is None:  # pragma: no cover - a hung child: do not leave it behind
             p.kill()
             p.join(5)
+
+
+def pool_workers(mp, n, exclude=(), timeout=30.0):
+    """The pids of this process's live children (``mp.active_children()``) once there are
+    exactly ``n`` and none is in ``exclude``: a pool's workers, in tests that start no other
+    child."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        pids = {c.pid for c in mp.active_children()}
+        if len(pids) == n and not pids & set(exclude):
+            return pids
+        if time.monotonic() > deadline:
+            raise AssertionError(f"expected {n} workers (none of {exclude}), have {pids}")
+        time.sleep(0.02)
+
+
+def join_pool(mp, p):
+    """Join a closed or terminated pool: then no worker is left."""
+    p.join()
+    assert mp.active_children() == []

@@ -22,6 +22,7 @@ import threading
 import time
 
 import pytest
+from _helpers import join_pool, pool_workers
 
 import rmp
 
@@ -150,22 +151,11 @@ def _chunk_probe(x):
 
 
 def _workers(n, exclude=(), timeout=30.0):
-    """The pids of this process's live children once there are exactly ``n`` and none is in
-    ``exclude`` (the pool's workers: the tests start no other child)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        pids = {c.pid for c in impl.active_children()}
-        if len(pids) == n and not pids & set(exclude):
-            return pids
-        if time.monotonic() > deadline:
-            raise AssertionError(f"expected {n} workers (none of {exclude}), have {pids}")
-        time.sleep(0.02)
+    return pool_workers(impl, n, exclude, timeout)
 
 
 def _joined(p):
-    """Join a closed or terminated pool: then no worker is left."""
-    p.join()
-    assert impl.active_children() == []
+    join_pool(impl, p)
 
 
 SQUARES = [x * x for x in range(100)]

@@ -30,7 +30,7 @@ import threading
 import time
 
 import pytest
-from _helpers import children_of, pid_gone, run_counting_other_thread
+from _helpers import children_of, join_pool, pid_gone, pool_workers, run_counting_other_thread
 
 import rmp
 import rmp.pool as rpool
@@ -115,22 +115,11 @@ def _sleep_on(x, slow, seconds):
 
 
 def _workers(n, exclude=(), timeout=30.0):
-    """The pids of this process's live children once there are exactly ``n`` and none is in
-    ``exclude`` (the pool's workers: the tests start no other child)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        pids = {c.pid for c in rmp.active_children()}
-        if len(pids) == n and not pids & set(exclude):
-            return pids
-        if time.monotonic() > deadline:
-            raise AssertionError(f"expected {n} workers (none of {exclude}), have {pids}")
-        time.sleep(0.02)
+    return pool_workers(rmp, n, exclude, timeout)
 
 
 def _joined(p):
-    """Join a closed or terminated pool: then no worker is left."""
-    p.join()
-    assert rmp.active_children() == []
+    join_pool(rmp, p)
 
 
 def _wait_value(value, timeout=30.0):

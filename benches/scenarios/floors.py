@@ -230,26 +230,13 @@ def pickle_small(_mod, quick):
 CPU_PROCS = 2
 
 
-@floor(
-    "floor.cpu_fork",
-    unit="task",
-    label="raw fork CPU task",
-    doc="2 raw forked processes each running k ~1 ms pure-Python tasks; per task, efficiency",
-)
-def cpu_fork(_mod, quick):
-    """Serial first (k tasks per process, in this process) for the expected checksums and the
-    per-task time; then CPU_PROCS forked processes run their k tasks at once. Per op is the
-    parallel wall time per task; efficiency = serial time / (CPU_PROCS * parallel time)."""
-    k = 100 if quick else 300
-    seeds = [list(range(c * k, (c + 1) * k)) for c in range(CPU_PROCS)]
-    serial = Meter()
-    with serial:
-        expected = [checksum(cpu_task(s) for s in chunk) for chunk in seeds]
-    meter = Meter()
-    pipes = []
-    pids = []
-    with meter:
-        for chunk in seeds:
+def fork_checksums(chunks):
+    """One raw ``os.fork`` child per chunk of seeds, all at once: each runs ``cpu_task`` on
+    its seeds and writes their checksum to a pipe. Returns ``(checksums, exit codes)``; a
+    child is killed and reaped if this fails midway."""
+    pipes, pids = [], []
+    try:
+        for chunk in chunks:
             r, w = os.pipe()
             pid = os.fork()
             if pid == 0:
@@ -266,8 +253,38 @@ def cpu_fork(_mod, quick):
         for r in pipes:
             data = os.read(r, 8)
             got.append(struct.unpack("=Q", data)[0] if len(data) == 8 else None)
-            os.close(r)
         codes = [_reap(pid) for pid in pids]
+        pids = []
+        return got, codes
+    finally:
+        for r in pipes:
+            os.close(r)
+        for pid in pids:  # only after an exception: do not leave them behind
+            try:
+                os.kill(pid, 9)
+                _reap(pid)
+            except OSError:
+                pass
+
+
+@floor(
+    "floor.cpu_fork",
+    unit="task",
+    label="raw fork CPU task",
+    doc="2 raw forked processes each running k ~1 ms pure-Python tasks; per task, efficiency",
+)
+def cpu_fork(_mod, quick):
+    """Serial first (k tasks per process, in this process) for the expected checksums and the
+    per-task time; then CPU_PROCS forked processes run their k tasks at once. Per op is the
+    parallel wall time per task; efficiency = serial time / (CPU_PROCS * parallel time)."""
+    k = 100 if quick else 300
+    seeds = [list(range(c * k, (c + 1) * k)) for c in range(CPU_PROCS)]
+    serial = Meter()
+    with serial:
+        expected = [checksum(cpu_task(s) for s in chunk) for chunk in seeds]
+    meter = Meter()
+    with meter:
+        got, codes = fork_checksums(seeds)
     ok = got == expected and codes == [0] * CPU_PROCS
     efficiency = serial.wall / (CPU_PROCS * meter.wall) if meter.wall > 0 else 0.0
     detail = "%d procs x %d tasks, checksums %s, efficiency %.2f" % (

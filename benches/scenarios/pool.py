@@ -54,12 +54,11 @@ An implementation without ``Pool`` (rmp before its pool lands) gets a FAILED row
 from __future__ import annotations
 
 import os
-import struct
 import time
 
 from scenarios import Meter, _cpu_seconds, result, scenario
 from scenarios._workloads import checksum, cpu_task
-from scenarios.floors import _child_exit, _reap
+from scenarios.floors import fork_checksums
 
 PROCESSES = 2
 TINY = 20000  # tiny tasks of the chunksize-1 and apply_async scenarios
@@ -217,10 +216,9 @@ def _verdict(checks):
     return not bad, ("; WRONG: " + ", ".join(bad)) if bad else ""
 
 
-def _tiny(mod, how, warm, measured, compare):
-    """The tiny-task scenarios: ``measured(pool, xs)`` must give back what ``compare`` says
-    for ``[x + 1 for x in xs]``."""
-    n = TINY  # the issue's number, quick or not (well under a second for the stdlib here)
+def _increments(mod, n, what, warm, measured, compare):
+    """A scenario over ``xs = list(range(n))``: ``measured(pool, xs)`` must give back what
+    ``compare`` says for ``[x + 1 for x in xs]``; ``what`` describes it in the detail."""
     xs = list(range(n))
     warm_xs = list(range(-WARM, 0))
     meter, got, checks, note = _in_pool(
@@ -228,13 +226,11 @@ def _tiny(mod, how, warm, measured, compare):
     )
     if meter is None:
         return _unsupported(got)
-    expected = list(range(1, n + 1))
     got = list(got)
-    right = compare(got, expected)
+    right = compare(got, list(range(1, n + 1)))
     ok, bad = _verdict([("results differ (%d got)" % len(got), right), *checks])
-    detail = "%d tasks x -> x + 1 via %s, Pool(%d); %d results%s%s%s" % (
-        n,
-        how,
+    detail = "%s, Pool(%d); %d results%s%s%s" % (
+        what,
         PROCESSES,
         len(got),
         ", all right" if right else "",
@@ -242,6 +238,13 @@ def _tiny(mod, how, warm, measured, compare):
         bad,
     )
     return result(n, meter, ok, detail)
+
+
+def _tiny(mod, how, warm, measured, compare):
+    """The tiny-task scenarios (the issue's number of tasks, quick or not: well under a
+    second for the stdlib here)."""
+    what = "%d tasks x -> x + 1 via %s" % (TINY, how)
+    return _increments(mod, TINY, what, warm, measured, compare)
 
 
 # ---------------------------------------------------------------- tiny tasks, big map
@@ -250,26 +253,14 @@ def _tiny(mod, how, warm, measured, compare):
 @scenario("pool.map_1m", group="pool", unit="item", target=1.5, timeout=120)
 def map_1m(mod, quick):
     """Pool(2).map of x + 1 over a list of 1,000,000 ints, default chunksize"""
-    n = BIG_MAP
-    xs = list(range(n))
-    warm = list(range(WARM))
-    meter, got, checks, note = _in_pool(
-        mod, lambda pool: pool.map(_inc, warm), lambda pool: pool.map(_inc, xs)
+    return _increments(
+        mod,
+        BIG_MAP,
+        "map(x -> x + 1) over %d ints, default chunksize" % BIG_MAP,
+        lambda pool, xs: pool.map(_inc, xs),
+        lambda pool, xs: pool.map(_inc, xs),
+        lambda got, expected: got == expected,
     )
-    if meter is None:
-        return _unsupported(got)
-    got = list(got)
-    right = got == list(range(1, n + 1))
-    ok, bad = _verdict([("results differ (%d got)" % len(got), right), *checks])
-    detail = "map(x -> x + 1) over %d ints, default chunksize, Pool(%d); %d results%s%s%s" % (
-        n,
-        PROCESSES,
-        len(got),
-        ", all right" if right else "",
-        note,
-        bad,
-    )
-    return result(n, meter, ok, detail)
 
 
 @scenario("pool.map_chunksize1", group="pool", unit="task", target=5.0, timeout=120)
@@ -327,37 +318,8 @@ def apply_async_20k(mod, quick):
 def _raw_round(halves, expected_sums):
     """One child per half (``os.fork``), each runs its tasks and writes their checksum to a
     pipe. Returns ``(wall, problem)``."""
-    pipes, pids = [], []
     t0 = time.perf_counter()
-    try:
-        for half in halves:
-            r, w = os.pipe()
-            pid = os.fork()
-            if pid == 0:
-                os.close(r)
-
-                def work(half=half, w=w):
-                    os.write(w, struct.pack("=Q", checksum(cpu_task(s) for s in half)))
-
-                _child_exit(work)
-            os.close(w)
-            pipes.append(r)
-            pids.append(pid)
-        got = []
-        for r in pipes:
-            data = os.read(r, 8)
-            got.append(struct.unpack("=Q", data)[0] if len(data) == 8 else None)
-        codes = [_reap(pid) for pid in pids]
-        pids = []
-    finally:
-        for r in pipes:
-            os.close(r)
-        for pid in pids:  # only after an exception: do not leave them behind
-            try:
-                os.kill(pid, 9)
-                _reap(pid)
-            except OSError:
-                pass
+    got, codes = fork_checksums(halves)
     wall = time.perf_counter() - t0
     problem = ""
     if got != expected_sums:

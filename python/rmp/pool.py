@@ -590,20 +590,16 @@ class IMapIterator:
         """The next result, waiting at most ``timeout`` seconds
         (``multiprocessing.TimeoutError``)."""
         with self._cond:
-            try:
-                item = self._items.popleft()
-            except IndexError:
+            waited = False
+            while not self._items:
                 if self._index == self._length:
                     self._pool = None
                     raise StopIteration from None
-                self._cond.wait(timeout)
-                try:
-                    item = self._items.popleft()
-                except IndexError:
-                    if self._index == self._length:
-                        self._pool = None
-                        raise StopIteration from None
+                if waited:
                     raise TimeoutError from None
+                self._cond.wait(timeout)
+                waited = True
+            item = self._items.popleft()
         if self._permits is not None:
             self._permits.release()
         success, value = item
@@ -948,21 +944,22 @@ class Pool:
         tail = _RESULT_TRAILER.pack(job, i)
         self._results.put(tag, [data, tail] if data.__class__ is bytes else [*data, tail])
 
-    def _new_worker(self, slot):
-        w = self.Process(
-            self._ctx,
-            target=worker,
-            args=(
-                _Portable(self._tasks),
-                _Portable(self._results),
-                _Portable(self._board),
-                slot,
-                self._initializer,
-                self._initargs,
-                self._maxtasksperchild,
-                self._wrap_exception,
-            ),
+    def _worker_args(self, slot):
+        """``(target, args)`` of the worker for ``slot``."""
+        return worker, (
+            _Portable(self._tasks),
+            _Portable(self._results),
+            _Portable(self._board),
+            slot,
+            self._initializer,
+            self._initargs,
+            self._maxtasksperchild,
+            self._wrap_exception,
         )
+
+    def _new_worker(self, slot):
+        target, args = self._worker_args(slot)
+        w = self.Process(self._ctx, target=target, args=args)
         w.name = w.name.replace("Process", "PoolWorker")
         w.daemon = True
         w._rmp_slot = slot
@@ -1581,22 +1578,9 @@ class ThreadPool(Pool):
     def _post_result(self, job, i, obj):
         self._outqueue.put((None, (job, i, obj)))
 
-    def _new_worker(self, slot):
-        w = self.Process(
-            self._ctx,
-            target=_thread_worker,
-            args=(
-                self._inqueue,
-                self._outqueue,
-                self._terminated,
-                self._initializer,
-                self._initargs,
-            ),
-        )
-        w.name = w.name.replace("Process", "PoolWorker")
-        w.daemon = True
-        w._rmp_slot = slot
-        return w
+    def _worker_args(self, slot):
+        args = (self._inqueue, self._outqueue, self._terminated)
+        return _thread_worker, args + (self._initializer, self._initargs)
 
     def _supervise_once(self):
         # Threads do not die: wait for close/terminate, then for the workers to finish.
