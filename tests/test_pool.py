@@ -886,3 +886,29 @@ def test_buffersize_is_checked():
             assert list(getattr(p, method)(_square, [3], buffersize=None)) == [9]
             assert list(getattr(p, method)(_square, [3], buffersize=1)) == [9]
     _joined(p)
+
+
+#
+# The stdlib's Pool on an rmp context (its queues are then rmp's SimpleQueue)
+#
+
+
+@rmp_only
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_the_stdlibs_pool_runs_on_an_rmp_context(method):
+    import multiprocessing.pool as std_pool
+
+    p = std_pool.Pool(2, context=rmp.get_context(method))
+    try:
+        assert p.map(_square, range(20)) == SQUARES[:20]
+        assert sorted(p.imap_unordered(_square, range(5))) == SQUARES[:5]
+    finally:
+        # terminate() takes the task queue's `_rlock` (rmp's SimpleQueue has one for it).
+        p.terminate()
+        p.join()
+    p = std_pool.Pool(2, context=rmp.get_context(method))
+    assert p.apply(_square, (7,)) == 49
+    p.close()
+    p.join()
+    assert rmp.active_children() == []

@@ -556,6 +556,11 @@ class SimpleQueue:
         self._chan = _core.Channel(_capacity(capacity), _UNBOUNDED, True)
         self._reader = _End(self)
         self._writer = _End(self)
+        # The stdlib's reader and writer locks. rmp's ring needs neither, but stdlib code
+        # that takes them must find them: multiprocessing.pool's terminate() acquires
+        # `_rlock` before draining its task queue (a Pool built on an rmp context).
+        self._rlock = ctx.Lock()
+        self._wlock = ctx.Lock()
 
     def close(self):
         """Close both ends (in this process)."""
@@ -570,9 +575,10 @@ class SimpleQueue:
 
     def __getstate__(self):
         context.assert_spawning(self)
-        return _channel_state(self._chan)
+        return _channel_state(self._chan), self._rlock, self._wlock
 
     def __setstate__(self, state):
+        state, self._rlock, self._wlock = state
         self._chan = _open_channel(state)
         self._reader = _End(self)
         self._writer = _End(self)
