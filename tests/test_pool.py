@@ -912,3 +912,42 @@ def test_the_stdlibs_pool_runs_on_an_rmp_context(method):
     p.close()
     p.join()
     assert rmp.active_children() == []
+
+
+class _Counted:
+    alive = 0
+
+    def __new__(cls):  # unpickled copies are counted too (unpickling skips __init__)
+        cls.alive += 1
+        return object.__new__(cls)
+
+    def __del__(self):
+        type(self).alive -= 1
+
+
+def _identity(x):
+    return x
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["processes", "threads"])
+def test_task_arguments_and_results_are_not_kept_alive(kind):
+    """Once a map is done, neither its arguments nor its results (the very same objects,
+    with threads) are held by the pool's threads, encoders or queues."""
+    import gc
+    import weakref
+
+    pool = impl.Pool(2) if kind == "processes" else impl_pool.ThreadPool(2)
+    with pool as p:
+        objs = [_Counted() for _ in range(10)]
+        refs = [weakref.ref(o) for o in objs]
+        out = p.map(_identity, objs)
+        assert len(out) == 10
+        r = p.apply_async(_identity, (objs[0],))
+        assert r.get(60) is not None
+        del objs, out, r
+        deadline = time.monotonic() + 10
+        while any(ref() is not None for ref in refs) or _Counted.alive:
+            assert time.monotonic() < deadline, "task arguments or results kept alive"
+            gc.collect()
+            time.sleep(0.02)

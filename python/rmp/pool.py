@@ -1543,6 +1543,7 @@ class ThreadPool(Pool):
                 Pool._dispatch(cache, job, i, obj)
                 if job == _FINISH:
                     return
+            obj = None  # a result must not stay alive here while the thread waits
 
     def _setup_queues(self):
         # As in the stdlib, tasks reach the workers' queue through a task-handler thread,
