@@ -96,7 +96,6 @@ _STOP_JOB = (1 << 64) - 1
 _LOST = -1  # (job, index, exception): a task whose worker died
 _FINISH = -2  # the result thread ends
 _BROKEN = -3  # exception: fail everything pending (workers keep dying before any task)
-_OK, _FED = 0, 3
 # Results taken per wake of the result thread.
 _RESULT_BATCH = 256
 # Bytes of the task and result rings: a default map chunk of a million small items (about
@@ -137,11 +136,6 @@ class TaskTimeoutError(TimeoutError):
 
     def __reduce__(self):
         return (type(self), (self.args[0], self.pid, self.timeout))
-
-
-def _helper_reraises_exception(ex):
-    """Pickle-able helper (the stdlib's name): raises ``ex``."""
-    raise ex
 
 
 def _signal_name(sig):
@@ -419,8 +413,17 @@ _REUSABLE = (types.FunctionType, types.BuiltinFunctionType, type)
 # Result objects
 #
 
-# Makes the waiters of a result share the one event they create.
+# Makes the waiters of a result share the one event they create. A child forked while a
+# thread held it gets a fresh one.
 _events_lock = threading.Lock()
+
+
+def _reset_events_lock():
+    global _events_lock
+    _events_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_events_lock)
 
 
 class ApplyResult:
@@ -854,13 +857,12 @@ class Pool:
         self._pool = []
         self._state = INIT
         self._ctx = context or _default_context()
-        self._waker = _Waker()
         self._cache = _PoolCache()
         self._maxtasksperchild = maxtasksperchild
         self._initializer = initializer
         self._initargs = initargs
         if processes is None:
-            processes = os.cpu_count() or 1
+            processes = _cpu_count()
         if processes < 1:
             raise ValueError("Number of processes must be at least 1")
         if maxtasksperchild is not None:
@@ -881,10 +883,12 @@ class Pool:
         self._early_deaths = 0  # workers in a row that died before taking a task
         self._respawn_at = 0.0  # no replacement before this time.monotonic()
         self._workers_lock = threading.RLock()  # self._pool, against _repopulate_pool()
-        self._setup_queues()
+        self._broken = False  # a _BROKEN message was posted and no worker got ready since
+        self._waker = _Waker()
         try:
+            self._setup_queues()
             self._repopulate_pool()
-        except Exception:
+        except BaseException:
             for p in self._pool:
                 if p.exitcode is None:
                     p.terminate()
@@ -978,15 +982,16 @@ class Pool:
                 if slot in used:
                     continue
                 w = self._new_worker(slot)
-                self._pool.append(w)
                 w.start()
+                self._pool.append(w)
                 util.debug("added worker")
 
     # -- the supervisor (the stdlib's worker handler) ------------------------------------
 
     def _supervise_ref(self):
         # The thread must not keep the pool alive (its finalizer terminates it when the
-        # pool is collected): between waits it holds only a weak reference.
+        # pool is collected): it holds a strong reference only for one wait (at most 1 s),
+        # so a pool dropped without close() goes within a second.
         ref = weakref.ref(self)
 
         def run():
@@ -997,6 +1002,11 @@ class Pool:
                 try:
                     if not pool._supervise_once():
                         return
+                except Exception:
+                    # A replacement could not start (fork failed: EAGAIN, ENOMEM...): report
+                    # it, and try again after a pause rather than leave the pool unwatched.
+                    sys.excepthook(*sys.exc_info())
+                    pool._respawn_at = time.monotonic() + 1.0
                 finally:
                     pool = None
 
@@ -1030,10 +1040,23 @@ class Pool:
         self._check_timeouts(workers)
         self._maintain_pool()
         if self._state == CLOSE and not self._pool:
-            # Every worker took its stop message: all results are in the ring.
-            self._post_result(_FINISH, 0, None)
-            return False
+            if self._stopped >= self._processes or self._broken:
+                # Every worker took its stop message (or workers cannot start at all, and
+                # what was pending has failed): all results are in the ring.
+                self._post_result(_FINISH, 0, None)
+                return False
         return True
+
+    def _running_task(self, w):
+        """``(job, index, started_ns, claims)`` of the task worker ``w``'s slot shows it
+        running, or None: not ready yet, idle, torn by a write it died in, or a claim whose
+        pop it never published (that task is still queued, someone else will run it)."""
+        running, pid, job, index, started, claims, pops, torn = self._board.read(w._rmp_slot)
+        if torn or pid != w.pid or not running:
+            return None
+        if (self._tasks.popped() - pops) & 0xFFFFFFFF >= 0x80000000:
+            return None
+        return job, index, started, claims
 
     def _next_deadline(self, workers):
         t = self._task_timeout
@@ -1042,9 +1065,9 @@ class Pool:
         now = _core.monotonic_ns()
         soonest = t
         for w in workers:
-            running, pid, job, index, started, _claims, torn = self._board.read(w._rmp_slot)
-            if running and not torn and job != _STOP_JOB and pid == w.pid:
-                soonest = min(soonest, max(0.0, (started - now) / 1e9 + t))
+            task = self._running_task(w)
+            if task is not None and task[0] != _STOP_JOB:
+                soonest = min(soonest, max(0.0, (task[2] - now) / 1e9 + t))
         return soonest
 
     def _check_timeouts(self, workers):
@@ -1053,20 +1076,19 @@ class Pool:
             return
         now = _core.monotonic_ns()
         for w in workers:
-            running, pid, job, index, started, _claims, torn = self._board.read(w._rmp_slot)
-            if (
-                running
-                and not torn
-                and job != _STOP_JOB
-                and pid == w.pid
-                and w.pid not in self._timed_out
-            ):
-                if (now - started) / 1e9 >= t:
-                    self._timed_out[w.pid] = (job, index)
-                    try:
-                        w.kill()
-                    except (OSError, ValueError):
-                        pass
+            task = self._running_task(w)
+            if task is None or task[0] == _STOP_JOB or w.pid in self._timed_out:
+                continue
+            if (now - task[2]) / 1e9 >= t:
+                # Read again right before the kill: a worker that moved on meanwhile must
+                # not lose its next task for this one.
+                if self._running_task(w) != task:
+                    continue
+                self._timed_out[w.pid] = task[:2]
+                try:
+                    w.kill()
+                except (OSError, ValueError):
+                    pass
 
     def _maintain_pool(self):
         """Reap exited workers (failing the task a dead one was running) and replace them
@@ -1091,15 +1113,20 @@ class Pool:
 
     def _account_exit(self, w):
         """Handles a worker that exited; True if it took a stop message."""
-        running, pid, job, index, _started, _claims, torn = self._board.read(w._rmp_slot)
+        _running, pid, _job, _index, _started, _claims, _pops, torn = self._board.read(w._rmp_slot)
         if pid != w.pid and not torn:
-            # It never got ready for tasks.
-            if w.exitcode != 0:
+            # It never got ready for tasks. Only an exit with a code counts against the
+            # pool (an initializer that raised): a signal (the OOM killer, a kill from
+            # outside) says nothing about the next worker.
+            if w.exitcode is not None and w.exitcode > 0:
                 self._early_death(w)
             return False
         self._early_deaths = 0
-        if torn or not running:
+        self._broken = False
+        task = self._running_task(w)
+        if task is None:
             return False
+        job, index = task[:2]
         if job == _STOP_JOB:
             return True
         code = w.exitcode
@@ -1138,6 +1165,7 @@ class Pool:
                 pid=w.pid,
                 exitcode=code,
             )
+            self._broken = True
             self._post_result(_BROKEN, 0, exc)
 
     def _lost_error(self, w, code, job, index):
@@ -1370,13 +1398,21 @@ class Pool:
         does; with ``buffersize``, only as many as the consumer has room for."""
         i = 0
         permits = result._permits
+        cache, job = self._cache, result._job
         try:
             it = iter(items)
             while self._state == RUN or self._state == CLOSE:
+                if job not in cache:
+                    return  # the job was failed as a whole (_abort): nothing more to queue
                 if permits is not None:
+                    # With a bound, feeding stops once the pool leaves RUN: a consumer that
+                    # stopped reading would otherwise keep close()/join() waiting for this
+                    # thread forever.
                     while not permits.acquire(timeout=0.1):
-                        if self._state == TERMINATE:
-                            return
+                        if self._state != RUN or job not in cache:
+                            break
+                    if self._state != RUN or job not in cache:
+                        break
                 try:
                     args = next(it)
                 except StopIteration:
@@ -1391,23 +1427,14 @@ class Pool:
                 except Exception as e:
                     result._set(i, (False, e))
                 i += 1
-            result._set_length(i)
+            if job in cache:
+                result._set_length(i)
         finally:
             with self._lock:
                 self._feeders -= 1
                 last = self._feeders == 0
             if last and self._state == CLOSE:
                 self._send_stops()
-
-    @staticmethod
-    def _get_tasks(func, it, size):
-        """The stdlib's helper: ``(func, chunk)`` pairs."""
-        it = iter(it)
-        while 1:
-            x = tuple(itertools.islice(it, size))
-            if not x:
-                return
-            yield (func, x)
 
     def _send_stops(self):
         with self._lock:
@@ -1482,7 +1509,8 @@ class _TerminateState:
         worker_handler, result_handler = self.handlers
         if worker_handler.is_alive() and worker_handler is not threading.current_thread():
             worker_handler.join()
-        workers = list(self.pool_list)
+        # Started ones only (a failed start() may have left one that never ran).
+        workers = [p for p in self.pool_list if getattr(p, "_popen", True) is not None]
         for p in workers:
             if p.exitcode is None and hasattr(p, "terminate"):
                 try:
@@ -1509,6 +1537,13 @@ class _TerminateState:
         for job, result in list(self.cache.items()):
             result._abort(WorkerLostError("the pool was terminated before job %d finished" % job))
         self.waker.close()
+
+
+def _cpu_count():
+    """The stdlib's default pool size: ``os.process_cpu_count()`` where the running Python
+    has it (3.13: the CPUs this process may use), else ``os.cpu_count()``."""
+    count = getattr(os, "process_cpu_count", os.cpu_count)
+    return count() or 1
 
 
 def _default_context():
@@ -1572,6 +1607,7 @@ class ThreadPool(Pool):
 
     def _put_stops(self, n):
         self._taskqueue.put([None] * n)
+        self._taskqueue.put(None)  # then the task handler ends
 
     def _submit_one(self, job, fpart, args):
         self._submit(job, 0, fpart, (args,))

@@ -59,7 +59,10 @@ pub struct Slot {
     started_ns: AtomicU64,
     /// Tasks claimed through this slot, by all its workers: progress for the parent.
     claims: AtomicU64,
-    _reserved: [u64; 2],
+    /// The task queue's pop count once the claimed task's pop is published: while the
+    /// queue shows fewer, the pop was not published and the task is still queued.
+    pops: AtomicU64,
+    _reserved: [u64; 1],
 }
 
 /// What a reader saw in a slot.
@@ -71,6 +74,8 @@ pub struct SlotView {
     pub index: u64,
     pub started_ns: u64,
     pub claims: u64,
+    /// See [`Slot::pops`].
+    pub pops: u32,
     /// The owner died (or is) mid-write: the fields may mix two writes (see the module doc).
     pub torn: bool,
 }
@@ -176,25 +181,31 @@ impl Board {
     /// Runs `write` on slot `i` as its one writer, inside the seqlock.
     fn write(&self, i: u32, write: impl FnOnce(&Slot)) -> io::Result<()> {
         let s = self.slot(i)?;
-        // Relaxed: only this process writes the slot; the fence orders the odd `seq` before
-        // the field stores for a reader (pairs with the reader's Acquire fence).
-        s.seq.fetch_add(1, Ordering::Relaxed);
+        // Odd from whatever it was: a writer killed mid-write left it odd, and counting up
+        // from there would flip the parity for good. Relaxed: a slot has one writer at a
+        // time (its worker; a replacement starts after the previous one died); the fence
+        // orders the odd `seq` before the field stores (pairs with the reader's Acquire
+        // fence).
+        let odd = s.seq.load(Ordering::Relaxed) | 1;
+        s.seq.store(odd, Ordering::Relaxed);
         std::sync::atomic::fence(Ordering::Release);
         write(s);
         s.pid
             .store(crate::platform::cached_pid() as u32, Ordering::Relaxed);
         // Release: the fields are visible to a reader that sees the even `seq` (pairs with
         // the Acquire load in `read`).
-        s.seq.fetch_add(1, Ordering::Release);
+        s.seq.store(odd.wrapping_add(1), Ordering::Release);
         Ok(())
     }
 
-    /// Records that slot `i`'s worker runs task (`job`, `index`) from now.
-    pub fn claim(&self, i: u32, job: u64, index: u64) -> io::Result<()> {
+    /// Records that slot `i`'s worker runs task (`job`, `index`) from now, taken by the
+    /// pop that brings the task queue's pop count to `pops`.
+    pub fn claim(&self, i: u32, job: u64, index: u64, pops: u32) -> io::Result<()> {
         let now = monotonic_ns();
         self.write(i, |s| {
             s.job.store(job, Ordering::Relaxed);
             s.index.store(index, Ordering::Relaxed);
+            s.pops.store(u64::from(pops), Ordering::Relaxed);
             s.started_ns.store(now, Ordering::Relaxed);
             s.state.store(RUNNING, Ordering::Relaxed);
             s.claims.fetch_add(1, Ordering::Relaxed);
@@ -222,6 +233,7 @@ impl Board {
                 index: s.index.load(Ordering::Relaxed),
                 started_ns: s.started_ns.load(Ordering::Relaxed),
                 claims: s.claims.load(Ordering::Relaxed),
+                pops: s.pops.load(Ordering::Relaxed) as u32,
                 torn: true,
             };
             // Acquire fence: the field loads above happen before the second `seq` load
@@ -249,11 +261,11 @@ mod tests {
     fn claim_finish_read() {
         let b = Board::create(3).unwrap();
         assert_eq!(b.read(1).unwrap().state, IDLE);
-        b.claim(1, 7, 42).unwrap();
+        b.claim(1, 7, 42, 9).unwrap();
         let v = b.read(1).unwrap();
         assert_eq!(
-            (v.state, v.job, v.index, v.claims, v.torn),
-            (RUNNING, 7, 42, 1, false)
+            (v.state, v.job, v.index, v.claims, v.pops, v.torn),
+            (RUNNING, 7, 42, 1, 9, false)
         );
         assert_eq!(v.pid as i32, crate::platform::getpid());
         assert!(v.started_ns > 0 && v.started_ns <= monotonic_ns());
@@ -265,12 +277,47 @@ mod tests {
     }
 
     #[test]
-    fn torn_slot_is_reported() {
+    fn a_slot_left_torn_by_a_killed_writer_heals_at_the_next_write() {
         let b = Board::create(1).unwrap();
-        b.claim(0, 1, 2).unwrap();
+        b.claim(0, 1, 2, 1).unwrap();
         // A writer killed mid-write leaves `seq` odd.
         b.slot(0).unwrap().seq.fetch_add(1, Ordering::Relaxed);
         assert!(b.read(0).unwrap().torn);
+        b.finish(0).unwrap();
+        let v = b.read(0).unwrap();
+        assert!(!v.torn && v.state == IDLE);
+        b.claim(0, 7, 3, 2).unwrap();
+        let v = b.read(0).unwrap();
+        assert!(!v.torn && (v.job, v.index) == (7, 3));
+    }
+
+    #[test]
+    fn a_reader_never_accepts_a_mix_of_two_writes() {
+        // The writer keeps job == index == pops; a view the reader accepts must show that.
+        let b = std::sync::Arc::new(Board::create(1).unwrap());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (b, stop) = (b.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    n = n.wrapping_add(1);
+                    b.claim(0, u64::from(n), u64::from(n), n).unwrap();
+                }
+            })
+        };
+        let mut accepted = 0;
+        for _ in 0..200_000 {
+            let v = b.read(0).unwrap();
+            if !v.torn {
+                assert_eq!(v.job, v.index);
+                assert_eq!(v.job as u32, v.pops);
+                accepted += 1;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        writer.join().unwrap();
+        assert!(accepted > 0);
     }
 
     #[test]
@@ -278,7 +325,7 @@ mod tests {
         let b = Board::create(2).unwrap();
         let fd = b.fd().unwrap().try_clone_to_owned().unwrap();
         let again = Board::open(fd, 2).unwrap();
-        b.claim(1, 5, 6).unwrap();
+        b.claim(1, 5, 6, 1).unwrap();
         assert_eq!(again.read(1).unwrap().job, 5);
         let fd = b.fd().unwrap().try_clone_to_owned().unwrap();
         assert!(Board::open(fd, 1).is_err());

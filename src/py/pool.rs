@@ -32,7 +32,9 @@ impl TaskBoard {
         if fd < 0 {
             return Err(PyValueError::new_err("invalid file descriptor"));
         }
-        // SAFETY: the caller hands over an open descriptor it owns (a DupFd's detach()).
+        // SAFETY: not checkable here: the Python caller must hand over an open descriptor it
+        // owns and will not use again (pool.py passes a DupFd's detach()); a wrong number
+        // fails the mapping or maps another file, which `Board::open`'s header check refuses.
         let fd = unsafe { crate::platform::owned_fd(fd) };
         Ok(TaskBoard {
             board: Board::open(fd, slots).map_err(Error::from)?,
@@ -54,9 +56,10 @@ impl TaskBoard {
     }
 
     /// Records that slot `i`'s worker runs (`job`, `index`) from now (`Channel.get_task` does
-    /// this itself under the queue's lock; this is for in-process workers).
-    fn claim(&self, i: u32, job: u64, index: u64) -> PyResult<()> {
-        Ok(self.board.claim(i, job, index).map_err(Error::from)?)
+    /// this itself under the queue's lock, with the queue's pop count as `pops`).
+    #[pyo3(signature = (i, job, index, pops=0))]
+    fn claim(&self, i: u32, job: u64, index: u64, pops: u32) -> PyResult<()> {
+        Ok(self.board.claim(i, job, index, pops).map_err(Error::from)?)
     }
 
     /// Records that slot `i`'s worker finished its task (after sending the result).
@@ -64,9 +67,9 @@ impl TaskBoard {
         Ok(self.board.finish(i).map_err(Error::from)?)
     }
 
-    /// Slot `i`: `(running, pid, job, index, started_ns, claims, torn)`.
+    /// Slot `i`: `(running, pid, job, index, started_ns, claims, pops, torn)`.
     #[allow(clippy::type_complexity)]
-    fn read(&self, i: u32) -> PyResult<(bool, u32, u64, u64, u64, u64, bool)> {
+    fn read(&self, i: u32) -> PyResult<(bool, u32, u64, u64, u64, u64, u32, bool)> {
         let v = self.board.read(i).map_err(Error::from)?;
         Ok((
             v.state == pool::RUNNING,
@@ -75,6 +78,7 @@ impl TaskBoard {
             v.index,
             v.started_ns,
             v.claims,
+            v.pops,
             v.torn,
         ))
     }

@@ -270,11 +270,11 @@ impl Channel {
                     // runs no Python code and cannot re-enter the queue.
                     alloc_message(py, tag, len)
                 },
-                |taken| {
+                |taken, pops| {
                     if let (Some((board, slot)), Some(first)) = (claim, taken.first()) {
                         if let Some((job, index)) = task_header(py, first) {
                             // The slot was checked by the caller: this cannot fail.
-                            let _ = board.claim(slot, job, index);
+                            let _ = board.claim(slot, job, index, pops);
                         }
                     }
                 },
@@ -431,7 +431,8 @@ fn alloc_message(py: Python<'_>, tag: u8, len: usize) -> std::io::Result<(Py<PyA
             if !obj.is_null() {
                 ffi::Py_DecRef(obj);
             }
-            // The MemoryError stays set; the caller turns the failure into it.
+            // The pending MemoryError is dropped: the caller reports the failure as an
+            // out-of-memory I/O error, which the binding maps back to MemoryError.
             ffi::PyErr_Clear();
             return Err(std::io::Error::from(std::io::ErrorKind::OutOfMemory));
         }
@@ -698,6 +699,12 @@ impl Channel {
                 Err(code) => code.into_pyobject(py)?.unbind().into_any(),
             },
         )
+    }
+
+    /// Messages taken from the ring so far (mod 2^32): a pool compares it with a claim's
+    /// `pops` to tell a published pop from one its worker died before publishing.
+    fn popped(&self) -> u32 {
+        self.chan.ring().popped()
     }
 
     /// Waits until a message is there (true) or the timeout passes, without taking it.

@@ -292,6 +292,12 @@ impl Ring {
         self.hdr().max_items.load(Ordering::Relaxed) as usize
     }
 
+    /// Messages popped so far (mod 2^32): the count part of `head`. Acquire: pairs with the
+    /// Release store of `head` in `try_pop_many_with`.
+    pub fn popped(&self) -> u32 {
+        End::unpack(self.hdr().head.load(Ordering::Acquire)).count
+    }
+
     /// Messages waiting (racy by nature: `qsize()`), from the two ends' counts.
     pub fn len(&self) -> usize {
         let h = self.hdr();
@@ -618,11 +624,14 @@ impl Ring {
     where
         F: FnMut(u8, usize) -> io::Result<(T, *mut u8)>,
     {
-        Ok(self.try_pop_many_with(me, links, 1, alloc, |_| {})?.pop())
+        Ok(self
+            .try_pop_many_with(me, links, 1, alloc, |_, _| {})?
+            .pop())
     }
 
     /// Takes up to `max` of the oldest messages, in order, under one lock and one publish
-    /// (see [`Ring::try_pop_with`]).
+    /// (see [`Ring::try_pop_with`]). `claim(taken, pops)` runs under the lock before the
+    /// publish, with `pops` the count of pops the ring will show once it is published.
     pub fn try_pop_many_with<T, F, C>(
         &self,
         me: &Me,
@@ -633,7 +642,7 @@ impl Ring {
     ) -> io::Result<Vec<Popped<T>>>
     where
         F: FnMut(u8, usize) -> io::Result<(T, *mut u8)>,
-        C: FnOnce(&[Popped<T>]),
+        C: FnOnce(&[Popped<T>], u32),
     {
         let h = self.hdr();
         let mut out = Vec::new();
@@ -702,7 +711,7 @@ impl Ring {
             // Still under the lock: a consumer killed before the publish below leaves every
             // message for the next one, so what `claim` records (a pool worker's running
             // task) is never missing for a message that is gone.
-            claim(&out);
+            claim(&out, head.count);
             // Publish the pops only after the copies. Release pairs with the producers'
             // Acquire load of `head` in `reserve`.
             h.head.store(head.pack(), Ordering::Release);
