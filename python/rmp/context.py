@@ -103,6 +103,15 @@ class BaseContext:
 
         return SimpleQueue(ctx=self.get_context())
 
+    def Manager(self):
+        """A started ``SyncManager`` (``rmp.managers``: the stdlib's manager logic on rmp's
+        connections, processes and pool)."""
+        from .managers import SyncManager
+
+        m = SyncManager(ctx=self.get_context())
+        m.start()
+        return m
+
     def Pool(
         self,
         processes=None,
