@@ -8,7 +8,9 @@ from __future__ import annotations
 import ctypes
 import multiprocessing
 import multiprocessing.sharedctypes
+import subprocess
 import sys
+import textwrap
 import threading
 
 import pytest
@@ -428,3 +430,29 @@ def test_numpy_write_is_seen_by_a_child(ctx):
     p.join(60)
     assert p.exitcode == 0 and done.is_set()
     assert view.tolist() == (np.arange(1000.0) * 2).tolist()  # the child's writes, seen here
+
+
+def test_a_block_freed_while_the_heap_is_busy_in_the_same_thread_does_not_deadlock():
+    """The garbage collector may run a block's finalizer in the middle of ``malloc()`` on
+    the same thread (Python 3.12+ collects at any bytecode boundary): that free must not
+    wait for the heap's lock, which its own thread holds. (A fresh interpreter, so that a
+    regression hangs a child with a timeout, not the test run.)"""
+    code = textwrap.dedent(
+        """
+        import gc
+        import rmp.heap
+
+        heap = rmp.heap.BufferWrapper._heap
+        block = rmp.heap.BufferWrapper(64)
+        spare = heap.malloc(64)
+        with heap._lock:  # as malloc() holds it when the collector runs a finalizer
+            del block
+            gc.collect()
+            assert len(heap._pending) == 1  # deferred, not waited for
+        again = heap.malloc(64)  # the next call frees it, then reuses the block
+        assert not heap._pending
+        print("ok")
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

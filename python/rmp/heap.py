@@ -10,6 +10,7 @@ descriptor (``DupFd``) when an object living in it is pickled for the child, and
 arena once however many objects of it arrive.
 """
 
+import collections
 import mmap
 import os
 import threading
@@ -130,6 +131,10 @@ class Heap:
         self._free = {}  # rounded size -> [(arena, start)]
         self._arenas = []  # arenas holding live or free small blocks
         self._generation = 0  # forks of this process so far (see the class comment)
+        # Frees that found the lock taken: the garbage collector can run a block's finalizer
+        # in the middle of malloc() on the same thread, and waiting for the lock there would
+        # wait forever. They are done by the next call that holds the lock.
+        self._pending = collections.deque()
 
     def _reinit_after_fork(self):
         self.__init__(self._arena_size)
@@ -155,6 +160,7 @@ class Heap:
             self._reinit_after_fork()
         rounded = _roundup(max(size, 1), ALIGNMENT)
         with self._lock:
+            self._free_pending()
             if rounded > self._arena_size // 2:
                 arena = self._new_arena(_roundup(rounded, mmap.PAGESIZE))
                 return (arena, 0, rounded)
@@ -177,15 +183,30 @@ class Heap:
         blocks another process may be using, are left alone."""
         if os.getpid() != self._lastpid:
             return
+        if not self._lock.acquire(False):
+            self._pending.append(info)
+            return
+        try:
+            self._free_pending()
+            self._free_block(info)
+        finally:
+            self._lock.release()
+
+    def _free_pending(self):
+        pending = self._pending
+        while pending:
+            self._free_block(pending.popleft())
+
+    def _free_block(self, info):
+        """Under the lock."""
         (arena, start, stop), generation, shared = info
-        with self._lock:
-            if arena.size != self._arena_size or arena not in self._arenas:
-                # A dedicated arena: dropping the last reference unmaps it (in this process;
-                # a child that mapped it keeps its own mapping).
-                return
-            if shared or generation != self._generation:
-                return
-            self._free.setdefault(stop - start, []).append((arena, start))
+        if arena.size != self._arena_size or arena not in self._arenas:
+            # A dedicated arena: dropping the last reference unmaps it (in this process; a
+            # child that mapped it keeps its own mapping).
+            return
+        if shared or generation != self._generation:
+            return
+        self._free.setdefault(stop - start, []).append((arena, start))
 
 
 class BufferWrapper:

@@ -556,11 +556,25 @@ class SimpleQueue:
         self._chan = _core.Channel(_capacity(capacity), _UNBOUNDED, True)
         self._reader = _End(self)
         self._writer = _End(self)
-        # The stdlib's reader and writer locks. rmp's ring needs neither, but stdlib code
-        # that takes them must find them: multiprocessing.pool's terminate() acquires
-        # `_rlock` before draining its task queue (a Pool built on an rmp context).
-        self._rlock = ctx.Lock()
-        self._wlock = ctx.Lock()
+        self._ctx = ctx
+        self._locks = None
+
+    # The stdlib's reader and writer locks. rmp's ring needs neither, but stdlib code that
+    # takes them must find them (multiprocessing.pool's terminate() acquires `_rlock` before
+    # draining its task queue, for a Pool built on an rmp context). Made on first use: most
+    # queues never need them, and each is a lock in shared memory.
+    @property
+    def _rlock(self):
+        return self._get_locks()[0]
+
+    @property
+    def _wlock(self):
+        return self._get_locks()[1]
+
+    def _get_locks(self):
+        if self._locks is None:
+            self._locks = (self._ctx.Lock(), self._ctx.Lock())
+        return self._locks
 
     def close(self):
         """Close both ends (in this process)."""
@@ -575,10 +589,11 @@ class SimpleQueue:
 
     def __getstate__(self):
         context.assert_spawning(self)
-        return _channel_state(self._chan), self._rlock, self._wlock
+        return _channel_state(self._chan), self._locks
 
     def __setstate__(self, state):
-        state, self._rlock, self._wlock = state
+        state, self._locks = state
+        self._ctx = context._default_context
         self._chan = _open_channel(state)
         self._reader = _End(self)
         self._writer = _End(self)
