@@ -27,7 +27,6 @@ them waiting forever).
 """
 
 import collections
-import copyreg
 import io
 import itertools
 import os
@@ -55,7 +54,7 @@ from multiprocessing.pool import (  # noqa: F401  (RemoteTraceback, rebuild_exc:
 )
 
 from . import _core, util
-from .queues import _decode, _encode, _new_encoder, _reducer_table
+from .queues import _decode, _encode, _new_encoder, _table_refresher
 from .reduction import DupFd, ForkingPickler
 
 __all__ = ["Pool", "ThreadPool"]
@@ -170,9 +169,10 @@ def _oom_kills():
 
 
 def _new_task_encoder():
-    """An ``encode(job, index0, fpart, argss) -> (blob, bounds)``: one task message per
-    element of ``argss`` (see ``_TRAILER``), with one reused ``ForkingPickler`` per thread.
-    ``func(fn)`` pickles a function part."""
+    """``(encode, one)``, sharing one reused ``ForkingPickler`` per thread:
+    ``encode(job, index0, fpart, argss, flush) -> (blob, bounds)`` makes one task message per
+    element of ``argss`` (see ``_TRAILER``); ``one(obj)`` pickles one object in band (a
+    function part, an ``apply_async``'s arguments)."""
     buf = io.BytesIO()
     pickler = ForkingPickler(buf, 5)
     seek, truncate, tell, write, getvalue = (
@@ -183,16 +183,8 @@ def _new_task_encoder():
         buf.getvalue,
     )
     clear, dump, pack = pickler.clear_memo, pickler.dump, _TRAILER.pack
-    extra, table = ForkingPickler._extra_reducers, copyreg.dispatch_table
-    seen = -1
+    refresh = _table_refresher(pickler)
     busy = False
-
-    def refresh():
-        nonlocal seen
-        n = len(extra) + (len(table) << 20)
-        if n != seen:
-            pickler.dispatch_table = _reducer_table()
-            seen = n
 
     def encode(job, index, fpart, argss, flush=None):
         nonlocal busy
@@ -225,24 +217,24 @@ def _new_task_encoder():
             clear()
             busy = False
 
-    def func(kind_fn):
+    def one(obj):
         nonlocal busy
         if busy:
-            return _new_task_encoder()[1](kind_fn)
+            return _new_task_encoder()[1](obj)
         refresh()
         busy = True
         try:
             seek(0)
             truncate()
             clear()
-            dump(kind_fn)
+            dump(obj)
             return getvalue()
         finally:
             # The memo holds what was pickled: let it go now, not at the next call.
             clear()
             busy = False
 
-    return encode, func
+    return encode, one
 
 
 _local = threading.local()
@@ -616,10 +608,9 @@ class IMapIterator:
         return i < self._index or i in self._unsorted
 
     def _tick(self):
-        if self._progress is not None:
-            self._progress.update(1)
-            if self._index == self._length:
-                self._progress.close()
+        self._progress.update(1)
+        if self._index == self._length:
+            self._progress.close()
 
     def _set(self, i, obj):
         with self._cond:
@@ -635,7 +626,8 @@ class IMapIterator:
                 self._cond.notify()
             else:
                 self._unsorted[i] = obj
-            self._tick()
+            if self._progress is not None:
+                self._tick()
             if self._index == self._length:
                 del self._cache[self._job]
                 self._pool = None
@@ -685,7 +677,8 @@ class IMapUnorderedIterator(IMapIterator):
             self._items.append(obj)
             self._index += 1
             self._cond.notify()
-            self._tick()
+            if self._progress is not None:
+                self._tick()
             if self._index == self._length:
                 del self._cache[self._job]
                 self._pool = None

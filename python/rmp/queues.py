@@ -83,11 +83,26 @@ def _reducer_table():
     return merged
 
 
+def _table_refresher(pickler):
+    """A ``refresh()`` that gives the reused ``pickler`` a new copy of the reducer table
+    when ``copyreg`` or ``ForkingPickler.register`` grew since its last copy (building a
+    ``ForkingPickler`` copies the table, which costs more than pickling a small object)."""
+    extra, table = ForkingPickler._extra_reducers, copyreg.dispatch_table
+    seen = -1  # size of the tables the pickler's copy was made from
+
+    def refresh():
+        nonlocal seen
+        n = len(table) + (len(extra) << 20)
+        if n != seen:
+            pickler.dispatch_table = _reducer_table()
+            seen = n
+
+    return refresh
+
+
 def _new_encoder():
     """An ``encode(obj) -> (tag, data)`` with its own pickler, reused for every message of one
-    thread: building a ``ForkingPickler`` copies the whole reducer table, which costs more
-    than pickling a small object. The table is refreshed when ``copyreg`` or
-    ``ForkingPickler.register`` grew. A call re-entered from a ``__reduce__`` (or a signal
+    thread (see ``_table_refresher``). A call re-entered from a ``__reduce__`` (or a signal
     handler) gets a fresh encoder."""
     buf = io.BytesIO()
     buffers = []
@@ -105,19 +120,14 @@ def _new_encoder():
     pickler = ForkingPickler(buf, 5, True, keep_big)
     seek, truncate, getvalue = buf.seek, buf.truncate, buf.getvalue
     clear, dump = pickler.clear_memo, pickler.dump
-    extra = ForkingPickler._extra_reducers
-    table = copyreg.dispatch_table
-    seen = -1  # size of the reducer tables the pickler's copy was made from
+    refresh = _table_refresher(pickler)
     busy = False
 
     def encode(obj):
-        nonlocal seen, busy
+        nonlocal busy
         if busy:
             return _new_encoder()(obj)
-        n = len(table) + (len(extra) << 20)
-        if n != seen:
-            pickler.dispatch_table = _reducer_table()
-            seen = n
+        refresh()
         busy = True
         try:
             seek(0)
@@ -147,19 +157,14 @@ def _new_batch_encoder():
     pickler = ForkingPickler(buf, 5)
     seek, truncate, tell, getvalue = buf.seek, buf.truncate, buf.tell, buf.getvalue
     clear, dump = pickler.clear_memo, pickler.dump
-    extra = ForkingPickler._extra_reducers
-    table = copyreg.dispatch_table
-    seen = -1
+    refresh = _table_refresher(pickler)
     busy = False
 
     def encode_many(objs, on_error=None):
-        nonlocal seen, busy
+        nonlocal busy
         if busy:
             return _new_batch_encoder()(objs, on_error)
-        n = len(table) + (len(extra) << 20)
-        if n != seen:
-            pickler.dispatch_table = _reducer_table()
-            seen = n
+        refresh()
         busy = True
         bounds = []
         end = 0
