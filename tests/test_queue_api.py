@@ -35,7 +35,12 @@ def test_basics_match_the_stdlib(mp):
         assert q.get(timeout=10) == 0
         got = [q.get(timeout=10) for _ in range(4)]
         assert got == [1, 2, 3, 4]
-        assert q.get_nowait() == "five"
+        if mp is rmp:
+            # rmp writes a put straight into the ring when it fits: a get_nowait() right after
+            # sees it. The stdlib's feeder thread may not have flushed it yet, so wait there.
+            assert q.get_nowait() == "five"
+        else:
+            assert q.get(timeout=10) == "five"
         with pytest.raises(queue.Empty):
             q.get_nowait()
         with pytest.raises(queue.Empty):
