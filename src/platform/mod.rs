@@ -469,6 +469,21 @@ pub fn peek_message(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<u
 /// Removes the next message, returning its descriptor if it carried one (close-on-exec).
 /// `Ok(None)` when no message waits; a message without a descriptor gives `Ok(Some(None))`.
 pub fn recv_fd(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<Option<OwnedFd>>> {
+    recv_fd_flags(sock, buf, 0)
+}
+
+/// As [`recv_fd`], but leaves the message at the front of the socket (`MSG_PEEK`): the
+/// kernel installs a duplicate of its descriptor here (Linux clones the passed files on a
+/// peek of a Unix socket), and the original stays in the message for whoever removes it.
+pub fn peek_fd(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<Option<OwnedFd>>> {
+    recv_fd_flags(sock, buf, libc::MSG_PEEK)
+}
+
+fn recv_fd_flags(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    flags: libc::c_int,
+) -> io::Result<Option<Option<OwnedFd>>> {
     // SAFETY: CMSG_SPACE is a pure size computation.
     let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
     let mut cbuf = vec![0u64; space.div_ceil(8)];
@@ -488,7 +503,7 @@ pub fn recv_fd(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<Option
             libc::recvmsg(
                 sock.as_raw_fd(),
                 &mut msg,
-                libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
+                libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC | flags,
             )
         };
         if n >= 0 {

@@ -584,13 +584,18 @@ impl Ring {
         Ok(Push::Done)
     }
 
-    /// Under the pop lock: the descriptor sent with fd record `seq`, if it is still on the
-    /// side socket. Older descriptors (whose writer died before committing) are closed.
-    fn take_fd(&self, recv: BorrowedFd<'_>, seq: u64) -> io::Result<Option<OwnedFd>> {
+    /// Under the pop lock: a duplicate of the descriptor sent with fd record `seq`, if it is
+    /// still on the side socket. The message itself stays at the socket's front until the
+    /// pop is published ([`Ring::drop_front_fd`]), so a reader killed before its publish
+    /// leaves the whole message, record and descriptor, to the next one; one killed after it
+    /// leaves a descriptor older than any record, which the next reader closes here, as it
+    /// closes those of writers killed between their send and their commit.
+    fn peek_fd(&self, recv: BorrowedFd<'_>, seq: u64) -> io::Result<Option<OwnedFd>> {
         let mut buf = [0u8; 8];
         loop {
             match platform::peek_message(recv, &mut buf)? {
-                // Nothing waits: the descriptor was taken by a reader killed mid-pop.
+                // Nothing waits: the descriptor was lost (a reader of an older rmp, which
+                // removed it before publishing, was killed mid-pop).
                 None => return Ok(None),
                 Some(8) => {}
                 Some(_) => {
@@ -601,15 +606,23 @@ impl Ring {
             }
             let s = u64::from_le_bytes(buf);
             if s > seq {
-                // Ours is gone (a killed reader took it); this one belongs to a later record.
+                // Ours is gone (as above); this one belongs to a later record.
                 return Ok(None);
             }
-            let got = platform::recv_fd(recv, &mut buf)?.flatten();
             if s == seq {
-                return Ok(got);
+                return Ok(platform::peek_fd(recv, &mut buf)?.flatten());
             }
-            // s < seq: an orphan, closed by dropping `got`.
+            // s < seq: an orphan, closed by dropping what `recv_fd` returns.
+            let _ = platform::recv_fd(recv, &mut buf)?;
         }
+    }
+
+    /// Under the pop lock, after the publish of a pop that took an fd record: removes that
+    /// record's message from the socket's front (the descriptor it still holds is closed).
+    fn drop_front_fd(recv: BorrowedFd<'_>) {
+        let mut buf = [0u8; 8];
+        // A failure leaves an orphan, which the next reader of an fd record closes.
+        let _ = platform::recv_fd(recv, &mut buf);
     }
 
     /// Takes the oldest message, if any. `alloc(tag, len)` provides the destination of an
@@ -654,7 +667,10 @@ impl Ring {
         let start = End::unpack(h.head.load(Ordering::Relaxed));
         let mut head = start;
         let mut failed = None;
-        while out.len() < max && self.has_records_after(start, head) {
+        // An fd message taken, still on the side socket: removed after the publish, and the
+        // last message of this batch (a later one's `peek_fd` would find it in the way).
+        let mut fd_to_drop = false;
+        while out.len() < max && !fd_to_drop && self.has_records_after(start, head) {
             let mut pos = head.pos;
             let (mut len, mut kind) = self.read_record_header(pos);
             if kind & 0xff == KIND_WRAP {
@@ -676,8 +692,11 @@ impl Ring {
                     };
                     let seq = u64::from_le_bytes(rec[..8].try_into().unwrap_or_default());
                     let mlen = u64::from_le_bytes(rec[8..].try_into().unwrap_or_default());
-                    match links.map(|l| self.take_fd(l.recv, seq)) {
-                        Some(Ok(fd)) => fd.map(|fd| Popped::Fd { tag, fd, len: mlen }),
+                    match links.map(|l| self.peek_fd(l.recv, seq)) {
+                        Some(Ok(fd)) => {
+                            fd_to_drop = fd.is_some();
+                            fd.map(|fd| Popped::Fd { tag, fd, len: mlen })
+                        }
                         Some(Err(e)) => {
                             failed = Some(e);
                             break;
@@ -716,6 +735,9 @@ impl Ring {
             // Acquire load of `head` in `reserve`.
             h.head.store(head.pack(), Ordering::Release);
             self.my_head.store(head.pack(), Ordering::Relaxed);
+            if let (true, Some(l)) = (fd_to_drop, links) {
+                Ring::drop_front_fd(l.recv);
+            }
             if let Some(evfd) = links.and_then(|l| l.evfd) {
                 // After the publish: the count is never below the messages waiting.
                 if h.evfd_armed.load(Ordering::Acquire) != 0 {
@@ -1074,6 +1096,84 @@ mod tests {
             Push::Done
         );
         assert_eq!(ring.try_pop(&me).unwrap().unwrap(), b"after");
+    }
+
+    /// A consumer that dies after taking an fd record's descriptor and before publishing its
+    /// pop (here: a thread that panics in the `claim` hook, holding the pop lock, as a process
+    /// SIGKILLed there) leaves the message, record and descriptor, to the next consumer; one
+    /// that dies after its publish leaves an orphan the next fd pop closes.
+    #[test]
+    fn a_consumer_dying_mid_pop_loses_no_fd_message() {
+        use std::os::fd::AsFd;
+        let (_seg, ring) = new_ring(256, u32::MAX);
+        let ring = Arc::new(ring);
+        let (send, recv) = platform::seqpacket_pair().unwrap();
+        let links = Links {
+            send: send.as_fd(),
+            recv: recv.as_fd(),
+            evfd: None,
+        };
+        let me = Me::current();
+        let push = |byte: u8| {
+            let fd = platform::memfd(c"t", 4).unwrap();
+            rustix::io::pwrite(&fd, &[byte; 4], 0).unwrap();
+            assert_eq!(
+                ring.try_push_fd(&me, &links, 7, fd.as_fd(), 4).unwrap(),
+                Push::Done
+            );
+        };
+        let first_byte = |p: Popped<()>| match p {
+            Popped::Fd { tag: 7, fd, len: 4 } => {
+                let mut b = [0u8; 1];
+                rustix::io::pread(&fd, &mut b, 0).unwrap();
+                b[0]
+            }
+            _ => panic!("not the fd message"),
+        };
+        push(1);
+        push(2);
+        let (r2, recv2) = (Arc::clone(&ring), recv.try_clone().unwrap());
+        let send2 = send.try_clone().unwrap();
+        let died = std::thread::spawn(move || {
+            let links = Links {
+                send: send2.as_fd(),
+                recv: recv2.as_fd(),
+                evfd: None,
+            };
+            let _ = r2.try_pop_many_with(
+                &Me::current(),
+                Some(&links),
+                8,
+                |_, _| Ok(((), std::ptr::null_mut())),
+                |taken: &[Popped<()>], _| {
+                    assert_eq!(taken.len(), 1, "an fd message ends a batch");
+                    panic!("killed before the publish")
+                },
+            );
+        })
+        .join();
+        assert!(died.is_err());
+        let none = |_: u8, _: usize| -> io::Result<((), *mut u8)> { unreachable!() };
+        let got = ring.try_pop_with(&me, Some(&links), none).unwrap().unwrap();
+        assert_eq!(
+            first_byte(got),
+            1,
+            "the dead consumer's message is still there"
+        );
+        let got = ring.try_pop_with(&me, Some(&links), none).unwrap().unwrap();
+        assert_eq!(first_byte(got), 2);
+        // Killed after the publish: its descriptor, older than any record, stays on the
+        // socket (re-sent here); the next fd pop closes it and takes its own.
+        let orphan = platform::memfd(c"t", 4).unwrap();
+        platform::send_with_fd(send.as_fd(), &2u64.to_le_bytes(), orphan.as_fd()).unwrap();
+        push(3);
+        let got = ring.try_pop_with(&me, Some(&links), none).unwrap().unwrap();
+        assert_eq!(first_byte(got), 3);
+        assert!(ring.is_empty());
+        let mut buf = [0u8; 8];
+        assert!(platform::peek_message(recv.as_fd(), &mut buf)
+            .unwrap()
+            .is_none());
     }
 
     #[test]
