@@ -2,15 +2,20 @@
 connections, processes and pool (the module docstring of ``rmp.managers`` says how). These
 tests check that every type ``SyncManager`` registers works through rmp, under every start
 method; that a manager is reachable over TCP from an unrelated process, and refuses a wrong
-authkey; and that stdlib clients and rmp managers talk to each other both ways."""
+authkey; that stdlib clients and rmp managers talk to each other both ways; that the references
+a killed client held are dropped (rmp's addition); and ``SharedMemoryManager``."""
 
 from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.managers as std_managers
+import os
+import re
 import subprocess
 import sys
 import textwrap
+import time
+from multiprocessing import shared_memory
 
 import pytest
 
@@ -186,4 +191,156 @@ def test_the_xmlrpclib_serializer():
         assert proxy.get("a") == 1
     finally:
         m.shutdown()
+    assert rmp.active_children() == []
+
+
+_REFCOUNT = re.compile(r"(\w+):\s+refcount=(\d+)")
+
+
+def _refcounts(m):
+    """The server's reference count of each object, from its debug_info()."""
+    return {ident: int(n) for ident, n in _REFCOUNT.findall(m._debug_info())}
+
+
+def _wait_for(predicate, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+# The proxy travels by queue: a proxy a spawned child unpickles with its Process object does
+# not count a reference of its own (the stdlib relies on the parent's), one unpickled later does.
+def _hold(q, ready):
+    d = q.get(timeout=60)
+    d["held by"] = os.getpid()
+    ready.set()
+    time.sleep(120)
+
+
+def _touch(q):
+    d = q.get(timeout=60)
+    d["touched by"] = os.getpid()
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_a_killed_childs_references_are_dropped_and_only_those(method):
+    """The stdlib's server keeps the references of a client that died without its decrefs
+    until the manager shuts down; rmp's drops them when the process dies. A child that exits
+    normally decrefs as usual and nothing is dropped twice; a live child's references stay."""
+    ctx = rmp.get_context(method)
+    with ctx.Manager() as m:
+        d = m.dict()
+        ident = d._id
+        assert _refcounts(m) == {ident: 1}
+        q = ctx.Queue()
+        p = ctx.Process(target=_touch, args=(q,))
+        p.start()
+        q.put(d)
+        p.join(60)
+        assert p.exitcode == 0 and d["touched by"] == p.pid
+        time.sleep(0.3)  # room for a wrong second drop, were there one
+        assert _refcounts(m) == {ident: 1}
+
+        ready = ctx.Event()
+        p = ctx.Process(target=_hold, args=(q, ready))
+        p.start()
+        q.put(d)
+        try:
+            assert ready.wait(60)
+            held = _refcounts(m)[ident]
+            assert held == (3 if method == "fork" else 2)  # a fork child also counts its copy
+            time.sleep(0.3)
+            assert _refcounts(m) == {ident: held}  # alive: kept
+            p.kill()
+            p.join(30)
+            assert p.exitcode == -9
+            assert _wait_for(lambda: _refcounts(m) == {ident: 1}), _refcounts(m)
+            assert d["held by"] == p.pid  # the parent's proxy still works
+        finally:
+            if p.is_alive():
+                p.kill()
+                p.join(30)
+        q.close()
+        q.join_thread()
+        del d
+        assert _wait_for(lambda: m._number_of_objects() == 0)
+
+
+_CRASHING_CLIENT = textwrap.dedent(
+    """
+    import os, sys
+    from {module} import SyncManager
+    m = SyncManager(address=sys.argv[1], authkey=bytes.fromhex(sys.argv[2]))
+    m.connect()
+    dicts = [m.dict(i=i) for i in range(5)]
+    nested = m.list([dicts[0], m.Lock()])
+    q = m.Queue()
+    q.put(nested)
+    print(m._number_of_objects(), flush=True)
+    os.kill(os.getpid(), 9)
+    """
+)
+
+
+@pytest.mark.parametrize("client_mod", ["rmp.managers", "multiprocessing.managers"])
+def test_an_unrelated_clients_objects_are_freed_when_it_is_killed(client_mod):
+    """Objects an unrelated interpreter created through a Unix-socket connection (rmp's or
+    the stdlib's client) are freed when it is SIGKILLed, nested proxies included."""
+    with rmp.Manager() as m:
+        keep = m.list([1])
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                _CRASHING_CLIENT.format(module=client_mod),
+                m.address,
+                bytes(m._authkey).hex(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == -9, out.stderr
+        # keep, five dicts, the list, the queue (the lock lives on inside the list, where the
+        # server keeps it without counting it, as the stdlib does)
+        assert int(out.stdout) == 8
+        assert _wait_for(lambda: m._number_of_objects() == 1), m._debug_info()
+        assert list(keep) == [1]
+
+
+def _write_segments(shm_name, sl_name):
+    shm = shared_memory.SharedMemory(shm_name)
+    shm.buf[:5] = b"hello"
+    shm.close()
+    sl = shared_memory.ShareableList(name=sl_name)
+    sl[0] = 99
+    sl.shm.close()
+
+
+def _segment_exists(name):
+    return os.path.exists("/dev/shm/" + name.lstrip("/"))
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_shared_memory_manager(method):
+    """``SharedMemoryManager`` runs its server in an rmp process; the segments it hands out
+    are shared with children by name and unlinked when the manager shuts down."""
+    ctx = rmp.get_context(method)
+    with rmp.managers.SharedMemoryManager(ctx=ctx) as smm:
+        assert smm._process.__class__.__module__ == "rmp.context"
+        shm = smm.SharedMemory(64)
+        sl = smm.ShareableList([1, "two", 3.0])
+        names = [shm.name, sl.shm.name]
+        assert all(_segment_exists(n) for n in names)
+        p = ctx.Process(target=_write_segments, args=tuple(names))
+        p.start()
+        p.join(60)
+        assert p.exitcode == 0
+        assert bytes(shm.buf[:5]) == b"hello" and list(sl) == [99, "two", 3.0]
+        shm.close()
+        sl.shm.close()
+    assert not any(_segment_exists(n) for n in names)
     assert rmp.active_children() == []

@@ -399,7 +399,8 @@ class Queue:
 
     def get_many(self, max_items, block=True, timeout=None):
         """Remove and return a list of up to ``max_items`` objects (an rmp extra): waits for
-        the first as ``get`` does, then takes what is already there without waiting."""
+        the first as ``get`` does, then takes what is already there without waiting. A batch
+        ends after a message too large for the ring (one in a memfd of its own)."""
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
         if max_items < 1:
