@@ -55,6 +55,36 @@ def test_basics_match_the_stdlib(mp):
         _close(q)
 
 
+def _empty_after_close(q, out):
+    q.close()
+    q.join_thread()
+    out.put(q.empty())
+
+
+def test_empty_after_close_matches_the_stdlib(mp):
+    """The stdlib's ``close()`` closes the reader end once the queue was used (its feeder
+    thread exits with it): ``empty()`` then raises OSError; unused, it still answers. A
+    forked child has put nothing of its own."""
+    for q in mp.Queue(), mp.JoinableQueue():
+        q.close()
+        q.join_thread()
+        assert q.empty()
+    for q in mp.Queue(), mp.JoinableQueue():
+        q.put("foo")
+        ctx = mp.get_context("fork")
+        out = ctx.SimpleQueue()
+        p = ctx.Process(target=_empty_after_close, args=(q, out))
+        p.start()
+        p.join(60)
+        assert p.exitcode == 0 and out.get() is False  # "foo" is there
+        out.close()
+        q.close()
+        q.join_thread()
+        with pytest.raises(OSError, match="is closed"):
+            q.empty()
+        assert q.qsize() == 1 and not q.full()  # these still answer, as in the stdlib
+
+
 def test_bounded_queue_full_and_sizes(mp):
     q = mp.Queue(2)
     try:

@@ -320,6 +320,7 @@ class Queue:
     def _after_fork(self):
         debug("Queue._after_fork()")
         # The channel drops the parent's backlog by itself (its feeder is keyed by pid).
+        self._chan.forget_puts()
         self._reset()
 
     def _reset(self):
@@ -416,7 +417,10 @@ class Queue:
         return self._chan.qsize()
 
     def empty(self):
-        """Whether the queue is empty (approximate, as in the stdlib)."""
+        """Whether the queue is empty (approximate, as in the stdlib). Raises OSError once
+        this process closed a queue it put on, as the stdlib does (its reader is closed)."""
+        if self._reader.closed:
+            raise OSError("handle is closed")
         return self._chan.ring_len() == 0
 
     def full(self):
@@ -433,6 +437,10 @@ class Queue:
         """Indicate that this process will put no more data on this queue; its feeder exits
         once its backlog is in the ring."""
         self._closed = True
+        # The stdlib's feeder thread closes the queue's reader end as it exits, and there is
+        # a feeder only once this process has put something: the same reader state here.
+        if self._chan.has_put():
+            self._reader.close()
         self._chan.close_feeder()
 
     def join_thread(self):

@@ -113,6 +113,10 @@ pub struct Channel {
     /// put went straight in); false once a spin found none (nobody reads: go to the backlog
     /// at once). Waking a feeder thread per message costs more than a short spin.
     spin_for_room: std::sync::atomic::AtomicBool,
+    /// Whether this process called a put since the handle was made or `forget_puts` (the
+    /// stdlib closes a queue's reader end at `close()` only once its feeder thread started,
+    /// that is after a put; `Queue.empty()` then raises). Relaxed: read by the same process.
+    has_put: std::sync::atomic::AtomicBool,
 }
 
 impl Channel {
@@ -452,6 +456,7 @@ impl Channel {
             chan: Arc::new(CoreChannel::create(capacity, max_items, eventfd).map_err(Error::from)?),
             feeder: FeederSlot::default(),
             spin_for_room: std::sync::atomic::AtomicBool::new(true),
+            has_put: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -482,6 +487,7 @@ impl Channel {
             chan: Arc::new(CoreChannel::open(seg, capacity, send, recv, ev).map_err(Error::from)?),
             feeder: FeederSlot::default(),
             spin_for_room: std::sync::atomic::AtomicBool::new(true),
+            has_put: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -531,6 +537,7 @@ impl Channel {
         timeout: Option<f64>,
         feed: bool,
     ) -> PyResult<u8> {
+        self.has_put.store(true, Ordering::Relaxed);
         let me = Me::current();
         let how = PutMode {
             block,
@@ -560,6 +567,7 @@ impl Channel {
         if tags.len() != datas.len() {
             return Err(PyValueError::new_err("tags and datas differ in length"));
         }
+        self.has_put.store(true, Ordering::Relaxed);
         let me = Me::current();
         let how = PutMode {
             block,
@@ -603,6 +611,7 @@ impl Channel {
                 "bounds must increase within the blob",
             ));
         }
+        self.has_put.store(true, Ordering::Relaxed);
         let me = Me::current();
         let how = PutMode {
             block,
@@ -699,6 +708,16 @@ impl Channel {
                 Err(code) => code.into_pyobject(py)?.unbind().into_any(),
             },
         )
+    }
+
+    /// Whether this process called a put on this handle since it was made or `forget_puts`.
+    fn has_put(&self) -> bool {
+        self.has_put.load(Ordering::Relaxed)
+    }
+
+    /// Clears `has_put` (a forked child starts with no puts of its own).
+    fn forget_puts(&self) {
+        self.has_put.store(false, Ordering::Relaxed);
     }
 
     /// Messages taken from the ring so far (mod 2^32): a pool compares it with a claim's
