@@ -11,6 +11,7 @@ stdlib (the rmp-only ones are skipped then): the semantics tested here are the s
 
 from __future__ import annotations
 
+import enum
 import functools
 import importlib
 import itertools
@@ -421,6 +422,68 @@ def test_large_arguments_and_results():
         assert p.map(len, args) == sizes
         assert list(p.imap(len, iter(args))) == sizes
         assert sorted(p.imap_unordered(_identity, args, 5)) == sorted(args)
+    _joined(p)
+
+
+class _Color(enum.IntEnum):
+    RED = 1
+    BLUE = 2
+
+
+class _MyFloat(float):
+    pass
+
+
+def _types_and_values(xs):
+    return [(type(x).__name__, repr(x)) for x in xs]
+
+
+def _half_as_float(x):
+    return x / 2
+
+
+def _is_even(x):
+    return x % 2 == 0
+
+
+def _grow(x):
+    return x * 2**40 if x == 77 else x
+
+
+def test_map_chunks_of_numbers_keep_their_exact_types_and_values():
+    """Map chunks and results that are lists of exact ints or floats travel packed (rmp);
+    anything else in a chunk (a bool, an int subclass, a float subclass, a numpy scalar, an
+    int beyond 64 bits) sends that chunk pickled, so every item comes back as it was."""
+    np = pytest.importorskip("numpy")
+    ints = list(range(-500, 500)) + [2**63 - 1, -(2**63)]
+    floats = [0.5, -0.0, float("inf"), float("-inf"), 5e-324, 1e308] * 30
+    with impl.Pool(2) as p:
+        assert _types_and_values(p.map(_identity, ints, 50)) == _types_and_values(ints)
+        got = p.map(_identity, floats, 20)
+        assert _types_and_values(got) == _types_and_values(floats)
+        nan = p.map(_identity, [float("nan")] * 20, 10)
+        assert all(isinstance(x, float) and x != x for x in nan)
+        for odd in (True, _Color.BLUE, _MyFloat(1.5), np.int64(7), 2**64, 1.5, "s", None):
+            items = list(range(40))
+            items[23] = odd
+            got = p.map(_identity, items, 16)
+            assert _types_and_values(got) == _types_and_values(items), odd
+            assert _types_and_values(p.map(_identity, tuple(items), 16)) == _types_and_values(items)
+        # Results: floats from ints, bools from ints, one big int among ints.
+        assert p.map(_half_as_float, range(100), 30) == [x / 2 for x in range(100)]
+        evens = p.map(_is_even, list(range(100)), 30)
+        assert evens == [x % 2 == 0 for x in range(100)] and {type(e) for e in evens} == {bool}
+        grown = p.map(_grow, list(range(100)), 30)
+        assert grown == [_grow(x) for x in range(100)]
+        # imap chunks too, from a list and from a lazy iterator.
+        assert list(p.imap(_identity, ints, 64)) == ints
+        assert list(p.imap(_identity, iter(ints), 64)) == ints
+        assert sorted(p.imap_unordered(_half_as_float, iter(range(300)), 64)) == [
+            x / 2 for x in range(300)
+        ]
+        # A big map, default chunksize (packed both ways).
+        n = 300_000
+        assert p.map(_identity, list(range(n))) == list(range(n))
     _joined(p)
 
 

@@ -19,6 +19,7 @@ __all__ = [
     "die_with_parent",
     "join_feeders",
     "monotonic_ns",
+    "pack_scalars",
     "recv_message",
     "semlock_acquire",
     "semlock_enter",
@@ -26,6 +27,7 @@ __all__ = [
     "semlock_release",
     "send_message",
     "spawn",
+    "unpack_scalars",
     "wait_any",
     "wait_readable",
 ]
@@ -267,3 +269,5 @@ class TaskBoard:
     def read(self, i: int) -> tuple[bool, int, int, int, int, int, int, bool]: ...
 
 def monotonic_ns() -> int: ...
+def pack_scalars(seq: Any, start: int = 0, end: Optional[int] = None) -> Optional[bytes]: ...
+def unpack_scalars(data: Any, end: Optional[int] = None) -> list[Any]: ...

@@ -81,6 +81,12 @@ _TRAILER_SIZE = _TRAILER.size
 # messages use negative ids) and index, read apart from the pickle so that a value the
 # parent cannot unpickle fails its own task only.
 _RESULT_TRAILER = struct.Struct("<qQ")
+# The high bit of a task trailer's function-part length: the arguments part is a map chunk
+# of exact ints or floats as packed scalars (``_core.pack_scalars``), not a pickle.
+_PACKED_ARGS = 1 << 31
+# The tag of a result message whose value is a list of exact ints or floats, packed the same
+# way (the queue tags are 0, 1, 0x81 and 0x82).
+_SCALARS = 0x10
 # Results of these types (alone, or in a short list) are pickled by ``pickle.dumps``:
 # ``ForkingPickler`` registers no reducer for them.
 _PLAIN = frozenset((int, float, str, bytes, bool, type(None), complex))
@@ -183,13 +189,14 @@ def _new_task_encoder():
         buf.getvalue,
     )
     clear, dump, pack = pickler.clear_memo, pickler.dump, _TRAILER.pack
+    pack_scalars = _core.pack_scalars
     refresh = _table_refresher(pickler)
     busy = False
 
-    def encode(job, index, fpart, argss, flush=None):
+    def encode(job, index, fpart, argss, flush=None, packable=False):
         nonlocal busy
         if busy:  # re-entered from a __reduce__
-            return _new_task_encoder()[0](job, index, fpart, argss, flush)
+            return _new_task_encoder()[0](job, index, fpart, argss, flush, packable)
         refresh()
         busy = True
         bounds = []
@@ -197,11 +204,16 @@ def _new_task_encoder():
         try:
             seek(0)
             truncate()
-            for args in argss:
-                clear()
-                dump(args)
-                write(fpart)
-                write(pack(head, job, index))
+            for packed, args in _task_parts(argss, packable, pack_scalars):
+                if packed is None:
+                    clear()
+                    dump(args)
+                    write(fpart)
+                    write(pack(head, job, index))
+                else:
+                    write(packed)
+                    write(fpart)
+                    write(pack(head | _PACKED_ARGS, job, index))
                 index += 1
                 end = tell()
                 bounds.append(end)
@@ -248,8 +260,24 @@ def _encoders():
         return enc
 
 
-def _encode_tasks(job, index, fpart, argss, flush=None):
-    return _encoders()[0](job, index, fpart, argss, flush)
+def _task_parts(argss, packable, pack_scalars):
+    """``(packed, args)`` per task of ``argss``: its packed scalars (then ``args`` is None)
+    or None and the arguments to pickle."""
+    if not packable:
+        for args in argss:
+            yield None, args
+    elif argss.__class__ is _ListChunks:
+        seq, size = argss.seq, argss.size
+        for i in range(0, len(seq), size):
+            packed = pack_scalars(seq, i, i + size)
+            yield packed, (seq[i : i + size] if packed is None else None)
+    else:
+        for args in argss:
+            yield pack_scalars(args), args
+
+
+def _encode_tasks(job, index, fpart, argss, flush=None, packable=False):
+    return _encoders()[0](job, index, fpart, argss, flush, packable)
 
 
 # Function parts of plain module-level functions, kept across calls (apply_async pickles
@@ -322,6 +350,7 @@ def worker(
     tasks, results, board = tasks.obj, results.obj, board.obj
     get_task, put, finish = tasks.get_task, results.put, board.finish
     trailer, loads, dumps = _TRAILER.unpack_from, ForkingPickler.loads, pickle.dumps
+    pack_scalars, unpack_scalars = _core.pack_scalars, _core.unpack_scalars
     pack_result = _RESULT_TRAILER.pack
     starmap = itertools.starmap
     plain = _PLAIN
@@ -352,6 +381,8 @@ def worker(
         if job == _STOP_JOB:
             util.debug("worker got sentinel -- exiting")
             break
+        packed = flen & _PACKED_ARGS
+        flen &= ~_PACKED_ARGS
         try:
             fpart = data[end - flen : end]
             if fpart != last_fpart:
@@ -359,7 +390,10 @@ def worker(
                 kind, func = loads(fpart)
                 if func.__class__ in _REUSABLE:
                     last_fpart = bytes(fpart)
-            args = loads(data)  # the arguments' pickle comes first: loads() stops at its end
+            if packed:
+                args = unpack_scalars(data, end - flen)
+            else:
+                args = loads(data)  # the arguments' pickle comes first: loads() stops at its end
             if kind == _CALL:
                 result = (True, func(*args))
             elif kind == _MAP:
@@ -383,6 +417,8 @@ def worker(
                 cls is list and len(value) <= 8 and all(v.__class__ in plain for v in value)
             ):
                 tag, data = 0, dumps(result, 5)
+            elif cls is list and result[0] and (data := pack_scalars(value)) is not None:
+                tag = _SCALARS
             else:
                 tag, data = encode(result)
         except Exception as e:
@@ -684,13 +720,31 @@ class IMapUnorderedIterator(IMapIterator):
                 self._pool = None
 
 
+class _ListChunks:
+    """The chunks of a list, ``size`` items each (the last one shorter): slices when
+    iterated; the task encoder packs a chunk straight from the list when it can
+    (``_core.pack_scalars(seq, start, end)``), without making the slice."""
+
+    __slots__ = ("seq", "size")
+
+    def __init__(self, seq, size):
+        self.seq, self.size = seq, size
+
+    def __iter__(self):
+        seq, size = self.seq, self.size
+        for i in range(0, len(seq), size):
+            yield seq[i : i + size]
+
+
 def _chunks(iterable, size):
     """Tuples (lists, from a list) of ``size`` items of ``iterable`` (the last one
     shorter)."""
     if iterable.__class__ is list:
-        for i in range(0, len(iterable), size):
-            yield iterable[i : i + size]
-        return
+        return _ListChunks(iterable, size)
+    return _tuple_chunks(iterable, size)
+
+
+def _tuple_chunks(iterable, size):
     it = iter(iterable)
     islice = itertools.islice
     while True:
@@ -917,16 +971,18 @@ class Pool:
         """What ``_put_tasks`` takes for tasks applying ``func`` as ``kind`` says."""
         return _function_part(kind, func)
 
-    def _put_tasks(self, job, index, fpart, argss):
+    def _put_tasks(self, job, index, fpart, argss, packable=False):
         """Queue one task of ``job`` per element of ``argss``, from ``index`` on (``fpart``:
         from ``_fpart``), as they are pickled; a pickling error raises here (tasks queued
-        before it run, and their results are dropped by the caller)."""
+        before it run, and their results are dropped by the caller). ``packable``: the
+        elements are map chunks, sent as packed scalars when they are lists or tuples of
+        exact ints or floats."""
         put_batch = self._tasks.put_batch
 
         def flush(blob, bounds):
             put_batch(0, blob, bounds, True, None, True)
 
-        blob, bounds = _encode_tasks(job, index, fpart, argss, flush)
+        blob, bounds = _encode_tasks(job, index, fpart, argss, flush, packable)
         if bounds:
             flush(blob, bounds)
 
@@ -1187,6 +1243,7 @@ class Pool:
     @staticmethod
     def _handle_results(get_many, cache):
         loads, trailer = ForkingPickler.loads, _RESULT_TRAILER.unpack_from
+        unpack_scalars = _core.unpack_scalars
         while True:
             msgs = get_many(_RESULT_BATCH, True, None)
             if msgs.__class__ is int:  # the ring was shut down
@@ -1197,7 +1254,12 @@ class Pool:
                 job, i = trailer(data, len(data) - 16)
                 try:
                     # The pickle comes first: loads() stops at its end.
-                    obj = loads(data) if tag == 0 else _decode(tag, data)
+                    if tag == 0:
+                        obj = loads(data)
+                    elif tag == _SCALARS:
+                        obj = (True, unpack_scalars(data, len(data) - 16))
+                    else:
+                        obj = _decode(tag, data)
                 except Exception as e:
                     # Pickled in the worker, but it cannot be rebuilt here: fail this task
                     # (the stdlib's result thread dies of it, and the pool hangs).
@@ -1318,7 +1380,7 @@ class Pool:
         result = MapResult(self, chunksize, len(iterable), callback, error_callback, bar)
         if chunksize:
             try:
-                self._submit(result._job, 0, fpart, _chunks(iterable, chunksize))
+                self._submit(result._job, 0, fpart, _chunks(iterable, chunksize), kind == _MAP)
             except BaseException:
                 self._cache.pop(result._job, None)
                 if bar is not None:
@@ -1355,7 +1417,7 @@ class Pool:
             # Known items: queued now (pickling errors raise here).
             try:
                 argss = list(items)
-                self._submit(result._job, 0, fpart, argss)
+                self._submit(result._job, 0, fpart, argss, chunksize != 1)
             except BaseException:
                 self._cache.pop(result._job, None)
                 raise
@@ -1366,7 +1428,9 @@ class Pool:
                     self._cache.pop(result._job, None)
                     raise ValueError("Pool not running")
                 self._feeders += 1
-            t = threading.Thread(target=self._feed, args=(result, fpart, items), daemon=True)
+            t = threading.Thread(
+                target=self._feed, args=(result, fpart, items, chunksize != 1), daemon=True
+            )
             t.start()
         if chunksize == 1:
             return result
@@ -1379,14 +1443,14 @@ class Pool:
             self._check_running()
             self._tasks.put(0, [data, fpart, _TRAILER.pack(len(fpart), job, 0)], True, None, True)
 
-    def _submit(self, job, index, fpart, argss):
+    def _submit(self, job, index, fpart, argss, packable=False):
         """``_put_tasks`` while the pool runs: under the lock that ``close()`` takes to queue
         the stop messages, so that no task is queued behind them."""
         with self._lock:
             self._check_running()
-            self._put_tasks(job, index, fpart, argss)
+            self._put_tasks(job, index, fpart, argss, packable)
 
-    def _feed(self, result, fpart, items):
+    def _feed(self, result, fpart, items, packable):
         """Queue the tasks of an imap over a lazy iterable, as the stdlib's task handler
         does; with ``buffersize``, only as many as the consumer has room for."""
         i = 0
@@ -1416,7 +1480,7 @@ class Pool:
                     i += 1
                     break
                 try:
-                    self._put_tasks(result._job, i, fpart, (args,))
+                    self._put_tasks(result._job, i, fpart, (args,), packable)
                 except Exception as e:
                     result._set(i, (False, e))
                 i += 1
@@ -1595,7 +1659,7 @@ class ThreadPool(Pool):
     def _fpart(kind, func):
         return (kind, func)
 
-    def _put_tasks(self, job, index, fpart, argss):
+    def _put_tasks(self, job, index, fpart, argss, packable=False):
         self._taskqueue.put([(job, i, fpart, args) for i, args in enumerate(argss, index)])
 
     def _put_stops(self, n):

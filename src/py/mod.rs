@@ -7,6 +7,7 @@ mod fastcall;
 mod pool;
 mod process;
 mod queue;
+mod scalars;
 mod sharedctypes;
 mod shm;
 mod sync;
@@ -90,6 +91,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     pool::register(m)?;
     process::register(m)?;
     queue::register(m)?;
+    scalars::register(m)?;
     sharedctypes::register(m)?;
     shm::register(m)?;
     sync::register(m)?;

@@ -1,0 +1,88 @@
+"""``_core.pack_scalars``/``unpack_scalars``: the packed form in which a pool sends map
+chunks and results that are lists of exact ints or floats (layout in ``src/py/scalars.rs``).
+What does not qualify must be refused (None), so that the pool pickles it instead."""
+
+from __future__ import annotations
+
+import enum
+import math
+import struct
+
+import pytest
+
+from rmp import _core
+
+
+class _Small(enum.IntEnum):
+    A = 1
+
+
+class _F(float):
+    pass
+
+
+def _roundtrip(seq, *span):
+    packed = _core.pack_scalars(seq, *span)
+    assert packed is not None
+    return _core.unpack_scalars(packed)
+
+
+def test_ints_and_floats_round_trip_exactly():
+    ints = [0, 1, -1, 255, 256, -(2**63), 2**63 - 1, 10**18]
+    assert _roundtrip(ints) == ints and {type(x) for x in _roundtrip(ints)} == {int}
+    assert _roundtrip(tuple(ints)) == ints
+    floats = [0.0, -0.0, 1.5, float("inf"), -float("inf"), 5e-324, 1.7976931348623157e308]
+    got = _roundtrip(floats)
+    assert got == floats and [math.copysign(1, x) for x in got[:2]] == [1.0, -1.0]
+    nan = struct.unpack("<d", struct.pack("<Q", 0x7FF8_0000_0000_1234))[0]
+    (back,) = _roundtrip([nan])
+    assert struct.pack("<d", back) == struct.pack("<d", nan)  # the payload too
+
+
+def test_a_span_of_the_sequence():
+    xs = list(range(100))
+    assert _roundtrip(xs, 10, 20) == xs[10:20]
+    assert _roundtrip(xs, 95, 1000) == xs[95:]
+    assert _core.pack_scalars(xs, 50, 50) is None
+    assert _core.pack_scalars(xs, 200) is None
+
+
+@pytest.mark.parametrize(
+    "odd", [True, _Small.A, _F(1.0), 2**63, -(2**63) - 1, 1.5, "x", None, b"", [1]]
+)
+def test_anything_else_in_the_list_refuses_it(odd):
+    for base in ([1, 2, 3], [1.0, 2.0, 3.0]):
+        if type(odd) is type(base[0]):
+            continue
+        for at in (0, 1, 2):
+            items = list(base)
+            items[at] = odd
+            assert _core.pack_scalars(items) is None
+            assert _core.pack_scalars(tuple(items)) is None
+
+
+def test_only_lists_and_tuples_and_not_empty_ones():
+    assert _core.pack_scalars([]) is None and _core.pack_scalars(()) is None
+    assert _core.pack_scalars(range(5)) is None
+    assert _core.pack_scalars(iter([1, 2])) is None
+
+    class L(list):
+        pass
+
+    assert _core.pack_scalars(L([1, 2])) is None
+
+
+def test_unpack_reads_any_buffer_up_to_end_and_checks_the_header():
+    packed = _core.pack_scalars([7, 8, 9])
+    assert _core.unpack_scalars(memoryview(packed + b"trailer"), len(packed)) == [7, 8, 9]
+    assert _core.unpack_scalars(bytearray(packed)) == [7, 8, 9]
+    with pytest.raises(ValueError, match="header or length"):
+        _core.unpack_scalars(packed[:-1])
+    with pytest.raises(ValueError, match="header or length"):
+        _core.unpack_scalars(b"q")
+    with pytest.raises(ValueError, match="header or length"):
+        _core.unpack_scalars(b"q\x02" + packed[2:])  # another version
+    with pytest.raises(ValueError, match="unknown kind"):
+        _core.unpack_scalars(b"x" + packed[1:])
+    with pytest.raises(TypeError):
+        _core.unpack_scalars("not a buffer")
