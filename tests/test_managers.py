@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from multiprocessing import shared_memory
 
@@ -344,3 +345,90 @@ def test_shared_memory_manager(method):
         sl.shm.close()
     assert not any(_segment_exists(n) for n in names)
     assert rmp.active_children() == []
+
+
+_COUNTER_SERVER = textwrap.dedent(
+    """
+    import sys
+    from rmp.managers import BaseManager
+
+    class Counter:
+        def __init__(self, start=0):
+            self.n = start
+
+        def add(self, k):
+            self.n += k
+            return self.n
+
+        def spawn_child(self):
+            return Counter(100)
+
+        def _private(self):
+            return "hidden"
+
+    class M(BaseManager):
+        pass
+
+    M.register("Counter", Counter, method_to_typeid={"spawn_child": "SubCounter"})
+    # The type of what a method returns: no callable (the server proxies that object).
+    M.register("SubCounter", None, create_method=False)
+    server = M(address=("127.0.0.1", 0), authkey=b"k").get_server()
+    print(server.address[1], flush=True)
+    server.serve_forever()
+    """
+)
+
+
+class _CounterClient(rmp.managers.BaseManager):
+    pass
+
+
+_CounterClient.register("Counter")
+_CounterClient.register("SubCounter", create_method=False)  # a proxy a method returns
+
+
+def _count_in_child(counter, k):
+    counter.add(k)
+
+
+def test_a_custom_manager_served_by_get_server_serve_forever():
+    """An unrelated interpreter serves with ``get_server().serve_forever()``: an
+    ``AutoProxy`` of a registered class, a method returning a proxy (``method_to_typeid``), a
+    private method refused, and children (under each start method) reconnecting through a
+    pickled proxy."""
+    server = subprocess.Popen(
+        [sys.executable, "-c", _COUNTER_SERVER], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        port = int(server.stdout.readline())
+        client = _CounterClient(address=("127.0.0.1", port), authkey=b"k")
+        client.connect()
+        c = client.Counter(5)
+        assert type(c).__name__ == "AutoProxy[Counter]"
+        assert c.add(2) == 7
+        sub = c.spawn_child()
+        assert type(sub).__name__ == "AutoProxy[SubCounter]" and sub.add(1) == 101
+        with pytest.raises(AttributeError):
+            c._private()
+        for method in ("fork", "spawn", "forkserver"):
+            ctx = rmp.get_context(method)
+            p = ctx.Process(target=_count_in_child, args=(c, 10))
+            p.start()
+            p.join(60)
+            assert p.exitcode == 0
+        assert c.add(0) == 37
+    finally:
+        server.kill()
+        server.wait(30)
+        server.stdout.close()
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="shutdown_timeout is new in 3.11")
+def test_shutdown_timeout_where_the_running_python_has_it():
+    m = rmp.managers.SyncManager(shutdown_timeout=5.0)
+    assert m._shutdown_timeout == 5.0
+    m.start()
+    d = m.dict(a=1)
+    assert d["a"] == 1
+    m.shutdown()
+    assert m._process.exitcode == 0
