@@ -14,7 +14,6 @@ import re
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from multiprocessing import shared_memory
 
