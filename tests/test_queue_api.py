@@ -71,6 +71,9 @@ def test_empty_after_close_matches_the_stdlib(mp):
         assert q.empty()
     for q in mp.Queue(), mp.JoinableQueue():
         q.put("foo")
+        deadline = time.monotonic() + 10
+        while q.empty() and time.monotonic() < deadline:  # the stdlib's feeder thread
+            time.sleep(0.01)
         ctx = mp.get_context("fork")
         out = ctx.SimpleQueue()
         p = ctx.Process(target=_empty_after_close, args=(q, out))

@@ -86,3 +86,53 @@ def test_unpack_reads_any_buffer_up_to_end_and_checks_the_header():
         _core.unpack_scalars(b"x" + packed[1:])
     with pytest.raises(TypeError):
         _core.unpack_scalars("not a buffer")
+
+
+def test_plain_dumps_takes_builtin_data_only():
+    import pickle
+
+    plain = [
+        None,
+        True,
+        7,
+        2**100,
+        1.5,
+        1j,
+        "s",
+        b"b",
+        (1, "a", None),
+        [1, [2, [3]]],
+        {"k": (1, 2.0), 3: [b"x"]},
+        (),
+        [],
+        {},
+    ]
+    for obj in plain:
+        data = _core.plain_dumps(obj)
+        assert data == pickle.dumps(obj, 5) and pickle.loads(data) == obj
+
+    class S(str):
+        pass
+
+    class D(dict):
+        pass
+
+    cyclic = [1]
+    cyclic.append(cyclic)
+    deep = [[[[[[[[[[1]]]]]]]]]]
+    others = [
+        S("x"),
+        D(a=1),
+        {1, 2},
+        frozenset([1]),
+        bytearray(b"x"),
+        object(),
+        _Small.A,
+        (1, S("x")),
+        {"k": {1}},
+        cyclic,
+        deep,
+        list(range(300)),
+    ]
+    for obj in others:
+        assert _core.plain_dumps(obj) is None, obj

@@ -64,7 +64,9 @@ _OOB_MIN = 16 * 1024
 _ALIGN = 64
 
 _OK, _FULL, _SHUT, _FED = 0, 1, 2, 3
+_NOT_PLAIN = 255  # Channel.put_plain: not bytes nor plain data, nothing put
 _loads = ForkingPickler.loads
+_plain_dumps = _core.plain_dumps
 
 
 def _capacity(capacity):
@@ -230,6 +232,10 @@ def _encode(obj):
         return _BYTES, obj
     if cls is bytearray:
         return _BYTEARRAY, obj
+    # Small plain data (builtin scalars in tuples, lists, dicts): one call to pickle.dumps.
+    data = _plain_dumps(obj)
+    if data is not None:
+        return _PICKLE, data
     try:
         enc = _local.encode
     except AttributeError:
@@ -349,9 +355,9 @@ class Queue:
         """Put ``obj`` on the queue (pickled here: a pickling error raises here)."""
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
-        if obj.__class__ is bytes:
-            r = self._chan.put(_BYTES, obj, block, timeout)
-        else:
+        # bytes and plain data are pickled and put by one call into the core.
+        r = self._chan.put_plain(obj, block, timeout)
+        if r == _NOT_PLAIN:
             try:
                 tag, data = _encode(obj)
             except Exception as e:
@@ -487,14 +493,17 @@ class JoinableQueue(Queue):
     def put(self, obj, block=True, timeout=None):
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
-        msg = self._encode(obj)
-        if msg is None:
-            return
         chan = self._chan
         # Counted before the message can be taken, so a fast consumer's task_done() finds it.
         chan.task_added()
         try:
-            r = chan.put(msg[0], msg[1], block, timeout)
+            r = chan.put_plain(obj, block, timeout)
+            if r == _NOT_PLAIN:
+                msg = self._encode(obj)
+                if msg is None:  # a subclass's _on_queue_feeder_error took the error
+                    chan.tasks_done(1)
+                    return
+                r = chan.put(msg[0], msg[1], block, timeout)
         except BaseException:
             chan.tasks_done(1)
             raise
@@ -628,9 +637,8 @@ class SimpleQueue:
         """Put ``obj`` on the queue (pickled here, on the caller's thread)."""
         if self._writer.closed:
             raise OSError("handle is closed")
-        if obj.__class__ is bytes:
-            r = self._chan.put(_BYTES, obj, True, None, False)
-        else:
+        r = self._chan.put_plain(obj, True, None, False)
+        if r == _NOT_PLAIN:
             tag, data = _encode(obj)
             r = self._chan.put(tag, data, True, None, False)
         if r:

@@ -33,6 +33,11 @@ const PUT_OK: u8 = 0;
 const PUT_FED: u8 = 3;
 const PUT_FULL: u8 = 1;
 const PUT_SHUTDOWN: u8 = 2;
+/// `put_plain`: the object is not plain data; nothing was put.
+const PUT_NOT_PLAIN: u8 = 255;
+/// Message tags `put_plain` writes (`rmp.queues`: `_PICKLE`, `_BYTES`).
+const TAG_PICKLE: u8 = 0;
+const TAG_BYTES: u8 = 1;
 /// `get` results other than a message.
 const GET_EMPTY: u8 = 1;
 const GET_SHUTDOWN: u8 = 2;
@@ -550,6 +555,36 @@ impl Channel {
         let parts = parts_of(data)?;
         let slices: Vec<&[u8]> = parts.iter().map(|p| p.bytes()).collect();
         self.put_one(py, &me, tag, &slices, &how)
+    }
+
+    /// `put` of a Python object when it needs no `ForkingPickler`: exact `bytes` (tag 1, as
+    /// is) or plain data (tag 0, `pickle.dumps(obj, 5)`, see `plain_dumps`), in one call.
+    /// Returns `put`'s status, or 255 when `obj` is neither (the caller encodes it).
+    #[pyo3(signature = (obj, block=true, timeout=None, feed=true))]
+    fn put_plain(
+        &self,
+        py: Python<'_>,
+        obj: &Bound<'_, PyAny>,
+        block: bool,
+        timeout: Option<f64>,
+        feed: bool,
+    ) -> PyResult<u8> {
+        let (tag, data) = if let Ok(b) = obj.cast_exact::<PyBytes>() {
+            (TAG_BYTES, b.clone())
+        } else {
+            match super::scalars::plain_dumps(py, obj)? {
+                Some(b) => (TAG_PICKLE, b),
+                None => return Ok(PUT_NOT_PLAIN),
+            }
+        };
+        self.has_put.store(true, Ordering::Relaxed);
+        let me = Me::current();
+        let how = PutMode {
+            block,
+            deadline: if block { deadline(timeout)? } else { None },
+            feed,
+        };
+        self.put_one(py, &me, tag, &[data.as_bytes()], &how)
     }
 
     /// Puts several messages (`tags[i]`, `datas[i]`) as `put` does, in order, with one
