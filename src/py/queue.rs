@@ -41,8 +41,12 @@ const TAG_BYTES: u8 = 1;
 /// `get` results other than a message.
 const GET_EMPTY: u8 = 1;
 const GET_SHUTDOWN: u8 = 2;
-/// How long a `put` that finds the ring full spins for room before using the feeder.
+/// How long a `put` that finds the ring full waits for a pop (spinning) before it gives up
+/// on room and uses the feeder.
 const ROOM_SPIN: std::time::Duration = std::time::Duration::from_micros(10);
+/// Longest a `put` that finds the ring full spins for a burst's worth of room while the
+/// consumers keep popping (then it hands the message to the feeder).
+const ROOM_BURST: std::time::Duration = std::time::Duration::from_micros(200);
 /// How long a blocked `get`/`put` spins before it sleeps (see `Ring::spin_not_empty`).
 const SPIN: std::time::Duration = std::time::Duration::from_micros(20);
 
@@ -211,9 +215,10 @@ impl Channel {
                         && !spun =>
                 {
                     spun = true;
-                    let seen = ring.not_full_seq();
-                    // Retried after reading the word: a pop in between is not missed.
-                    if !ring.spin_not_full(seen, ROOM_SPIN) {
+                    // Room for a burst, while consumers keep popping (see `spin_for_room`).
+                    let total: usize = parts.iter().map(|p| p.len()).sum();
+                    let want = ring.burst_room(total);
+                    if !ring.spin_for_room(want, ROOM_SPIN, ROOM_BURST) {
                         self.spin_for_room.store(false, Ordering::Relaxed);
                     }
                     continue;

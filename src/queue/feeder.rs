@@ -22,6 +22,8 @@ use crate::sync::Me;
 
 /// How long the feeder spins for room before it sleeps.
 const FEED_SPIN: Duration = Duration::from_micros(50);
+/// Longest the feeder spins for a burst's worth of room while consumers keep popping.
+const FEED_BURST: Duration = Duration::from_micros(500);
 /// How long the feeder sleeps on the ring before it re-checks for cancellation.
 const FEED_SLICE: Duration = Duration::from_millis(50);
 
@@ -165,10 +167,21 @@ impl Shared {
             let seen = ring.not_full_seq();
             match item.push(&self.chan, me) {
                 Ok(Push::Done) => return,
-                Ok(Push::FullItems | Push::FullBytes) => {
+                Ok(Push::FullItems) => {
                     // Spin first: a sleeping feeder costs every consumer a wake call per pop.
                     if !ring.spin_not_full(seen, FEED_SPIN) {
                         let _ = ring.wait_not_full(seen, FEED_SLICE);
+                    }
+                }
+                Ok(Push::FullBytes) => {
+                    // Room for a burst while the consumers keep popping (see
+                    // `Ring::spin_for_room`); a sleep only once they stop.
+                    let want = ring.burst_room(item.data.len());
+                    if !ring.spin_for_room(want, FEED_SPIN, FEED_BURST) {
+                        let seen = ring.not_full_seq();
+                        if ring.free_bytes() < want {
+                            let _ = ring.wait_not_full(seen, FEED_SLICE);
+                        }
                     }
                 }
                 Ok(Push::TooBig) => {

@@ -894,6 +894,47 @@ impl Ring {
         spin_while(&self.hdr().not_full, seen, budget)
     }
 
+    /// Free data bytes (racy by nature: a pop may free more at any moment).
+    pub fn free_bytes(&self) -> usize {
+        let h = self.hdr();
+        // Head first, as in `len`: a push between the loads only makes the result smaller.
+        // Acquire: pairs with the Release stores of `head` and `tail`.
+        let head = End::unpack(h.head.load(Ordering::Acquire));
+        let tail = End::unpack(h.tail.load(Ordering::Acquire));
+        (self.capacity() as u32).saturating_sub(tail.pos.wrapping_sub(head.pos)) as usize
+    }
+
+    /// Spins while consumers keep popping, until at least `want` bytes are free (true), or
+    /// until no pop came for `idle`, or `budget` passed (false). A producer that finds the
+    /// ring full waits for a stretch of room this way rather than for the next pop: writing
+    /// in bursts keeps it off the consumers' cache lines, where refilling each freed slot at
+    /// once would bounce them between the cores for every message.
+    pub fn spin_for_room(&self, want: usize, idle: Duration, budget: Duration) -> bool {
+        let start = std::time::Instant::now();
+        loop {
+            let seen = self.not_full_seq();
+            if self.free_bytes() >= want {
+                return true;
+            }
+            if !self.spin_not_full(seen, idle) || start.elapsed() >= budget {
+                return false;
+            }
+        }
+    }
+
+    /// The room [`Ring::spin_for_room`] waits for before a push of a `len`-byte message:
+    /// its record (an fd record if it is too large for the ring) and a wrap marker, or a
+    /// burst's worth (a sixteenth of the ring, at most 8 KiB) if more.
+    pub fn burst_room(&self, len: usize) -> usize {
+        let payload = if len <= self.max_payload() {
+            len
+        } else {
+            FD_RECORD
+        };
+        let cap = self.capacity();
+        (record_len(payload) as usize + RECORD_HEADER).max((cap / 16).min(8 << 10))
+    }
+
     /// Sleeps at most `slice` unless a push happened since `seen` was read.
     pub fn wait_not_empty(&self, seen: u32, slice: Duration) -> io::Result<()> {
         let h = self.hdr();
