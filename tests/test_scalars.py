@@ -136,3 +136,21 @@ def test_plain_dumps_takes_builtin_data_only():
     ]
     for obj in others:
         assert _core.plain_dumps(obj) is None, obj
+
+
+def test_plain_dumps_many_and_loads_many():
+    import pickle
+
+    objs = [(0, i) for i in range(50)] + [{"a": [1.5, None]}, b"x", "s"]
+    blob, bounds = _core.plain_dumps_many(objs)
+    starts = [0] + bounds[:-1]
+    assert [pickle.loads(blob[a:b]) for a, b in zip(starts, bounds)] == objs
+    assert _core.plain_dumps_many(tuple(objs))[1] == bounds
+    assert _core.plain_dumps_many(objs + [object()]) is None
+    assert _core.plain_dumps_many(iter(objs)) is None  # the caller makes a list first
+    assert _core.plain_dumps_many([]) == (b"", [])
+    msgs = [(0, pickle.dumps(o, 5)) for o in objs]
+    assert _core.loads_many(msgs) == objs
+    assert _core.loads_many(msgs + [(1, b"raw")]) is None
+    with pytest.raises(pickle.UnpicklingError):
+        _core.loads_many([(0, b"not a pickle")])

@@ -67,6 +67,8 @@ _OK, _FULL, _SHUT, _FED = 0, 1, 2, 3
 _NOT_PLAIN = 255  # Channel.put_plain: not bytes nor plain data, nothing put
 _loads = ForkingPickler.loads
 _plain_dumps = _core.plain_dumps
+_plain_dumps_many = _core.plain_dumps_many
+_loads_many = _core.loads_many
 
 
 def _capacity(capacity):
@@ -388,6 +390,12 @@ class Queue:
             self._put_status(r)
 
     def _encode_many(self, objs):
+        if objs.__class__ is not list and objs.__class__ is not tuple:
+            objs = list(objs)
+        # Plain data is pickled by one call into the core; anything else by ForkingPickler.
+        enc = _plain_dumps_many(objs)
+        if enc is not None:
+            return enc
         return _encode_many(objs, self._on_queue_feeder_error if self._custom_errors else None)
 
     def get(self, block=True, timeout=None):
@@ -414,6 +422,9 @@ class Queue:
             raise ValueError("max_items must be at least 1")
         r = self._chan.get_many(max_items, block, timeout)
         if r.__class__ is list:
+            objs = _loads_many(r)  # all pickles (the usual case): unpickled in one call
+            if objs is not None:
+                return objs
             loads = _loads
             return [loads(d) if t == _PICKLE else _decode(t, d) for t, d in r]
         raise Empty if r == _FULL else ShutDown
