@@ -121,16 +121,23 @@ def _init(*args):
     _init_args = args
 
 
+def _me():
+    """This process, told apart from any other that had its pid: (pid, start time)."""
+    with open("/proc/self/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return os.getpid(), int(fields[19])  # field 22, counted after the command name
+
+
 def _init_state(_):
     time.sleep(0.02)
-    return os.getpid(), _init_count, _init_args
+    return _me(), _init_count, _init_args
 
 
 def _count_calls(_):
-    """(pid, how many calls this process has run, this one included)."""
+    """(this process, how many calls it has run, this one included)."""
     global _calls
     _calls += 1
-    return os.getpid(), _calls
+    return _me(), _calls
 
 
 def _set_barrier(barrier, meet):
@@ -535,12 +542,12 @@ def test_default_chunksize_rule(n, chunksize, expected):
 def test_maxtasksperchild_replaces_workers():
     with impl.Pool(2, initializer=_init, initargs=("again",), maxtasksperchild=2) as p:
         results = p.map(_count_calls, range(12), chunksize=1)
-        pids = {pid for pid, _ in results}
-        assert len(pids) >= 6  # at most two tasks per process
+        procs = {me for me, _ in results}
+        assert len(procs) >= 6  # at most two tasks per process
         assert max(n for _, n in results) <= 2
         states = p.map(_init_state, range(6), chunksize=1)
         assert all(count == 1 and args == ("again",) for _, count, args in states)
-        assert not {pid for pid, _, _ in states} & pids  # new workers again
+        assert not {me for me, _, _ in states} & procs  # new workers again
         _workers(2)
     _joined(p)
 
@@ -548,7 +555,7 @@ def test_maxtasksperchild_replaces_workers():
 def test_initializer_runs_once_per_worker():
     with impl.Pool(3, initializer=_init, initargs=(1, "two", [3])) as p:
         states = p.map(_init_state, range(60), chunksize=1)
-        assert {pid for pid, _, _ in states} <= _workers(3)
+        assert {me[0] for me, _, _ in states} <= _workers(3)
         assert all(count == 1 and args == (1, "two", [3]) for _, count, args in states)
         assert p.apply(_init_state, (0,))[1] == 1
     _joined(p)

@@ -88,6 +88,94 @@ def test_empty_after_close_matches_the_stdlib(mp):
         assert q.qsize() == 1 and not q.full()  # these still answer, as in the stdlib
 
 
+class _Str(str):
+    pass
+
+
+def _varied():
+    shared = [1]
+    return [
+        (0, 1),
+        None,
+        True,
+        2**70,
+        -(2**63),
+        1.5,
+        float("-inf"),
+        "héllo",
+        "\ud800",
+        b"bytes",
+        bytearray(b"ba"),
+        {"k": [1, (2, None)], 3: {b"x": 1.0}},
+        {1, 2},
+        frozenset([3]),
+        _Str("sub"),
+        [shared, shared],
+        list(range(1000)),
+        1j,
+    ]
+
+
+def _echo(q_in, q_out, n):
+    for _ in range(n):
+        q_out.put(q_in.get())
+
+
+def _check_varied(got):
+    want = _varied()
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert type(g) is type(w) and (g == w or (g != g and w != w)), (g, w)
+        if isinstance(w, (list, tuple, dict)):
+            for x, y in zip(
+                g.values() if isinstance(g, dict) else g, w.values() if isinstance(w, dict) else w
+            ):
+                assert type(x) is type(y)
+    shared = got[15]
+    assert shared[0] is shared[1]  # sharing inside one message survives, as with pickle
+
+
+@pytest.mark.parametrize("kind", ["Queue", "SimpleQueue", "JoinableQueue"])
+def test_objects_keep_their_types_and_sharing_through_a_child(mp, kind):
+    """Plain data takes rmp's fast paths (plain messages, put_many); everything else is
+    pickled: either way each object comes back as it was, in order, through a child."""
+    ctx = mp.get_context("fork")
+    q_in, q_out = getattr(ctx, kind)(), getattr(ctx, kind)()
+    objs = _varied()
+    p = ctx.Process(target=_echo, args=(q_in, q_out, 2 * len(objs)))
+    p.start()
+    try:
+        for o in objs:
+            q_in.put(o)
+        if hasattr(q_in, "put_many"):
+            q_in.put_many(objs)
+        else:
+            for o in objs:
+                q_in.put(o)
+        # SimpleQueue.get has no timeout (the module's pytest timeout bounds it).
+        kw = {} if kind == "SimpleQueue" else {"timeout": 30}
+        got = [q_out.get(**kw) for _ in range(2 * len(objs))]
+        p.join(30)
+        assert p.exitcode == 0
+    finally:
+        if p.is_alive():
+            p.kill()
+            p.join(10)
+    _check_varied(got[: len(objs)])
+    _check_varied(got[len(objs) :])
+    if hasattr(q_out, "get_many"):
+        q_out.put_many(objs[:3])
+        deadline = time.monotonic() + 10
+        batch = []
+        while len(batch) < 3 and time.monotonic() < deadline:
+            batch += q_out.get_many(10, timeout=10)
+        assert batch == objs[:3]
+    for q in (q_in, q_out):
+        q.close()
+        if kind != "SimpleQueue":
+            q.join_thread()
+
+
 def test_bounded_queue_full_and_sizes(mp):
     q = mp.Queue(2)
     try:

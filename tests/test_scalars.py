@@ -1,6 +1,9 @@
-"""``_core.pack_scalars``/``unpack_scalars``: the packed form in which a pool sends map
-chunks and results that are lists of exact ints or floats (layout in ``src/py/scalars.rs``).
-What does not qualify must be refused (None), so that the pool pickles it instead."""
+"""Fast paths for plain data in ``rmp._core``: ``pack_scalars``/``unpack_scalars`` (the
+packed form in which a pool sends map chunks and results that are lists of exact ints or
+floats, ``src/py/scalars.rs``), ``plain_dumps`` (one-call pickling of builtin data), and the
+plain message format of queues (``plain_encode``/``plain_decode``, ``src/py/plain.rs``).
+What does not qualify must be refused (None), so that the caller pickles it instead: no
+object may come back different."""
 
 from __future__ import annotations
 
@@ -138,19 +141,121 @@ def test_plain_dumps_takes_builtin_data_only():
         assert _core.plain_dumps(obj) is None, obj
 
 
-def test_plain_dumps_many_and_loads_many():
+_PLAIN_VALUES = [
+    None,
+    True,
+    False,
+    0,
+    -(2**63),
+    2**63 - 1,
+    1.5,
+    float("inf"),
+    "",
+    "héllo wörld ✓ \x00",
+    b"",
+    b"\x00\xff" * 100,
+    (),
+    (1,),
+    [],
+    [1, [2, (3, "x")]],
+    {},
+    {"a": 1, 2: [None], (1, 2): {"k": b"v"}, 1.5: True, None: (), b"b": "s"},
+    "x" * 100_000,
+]
+
+
+def _same(a, b):
+    """Equal, of the same exact types all the way down."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, float) and a != a:
+        return b != b
+    return a == b
+
+
+@pytest.mark.parametrize("obj", _PLAIN_VALUES, ids=range(len(_PLAIN_VALUES)))
+def test_plain_messages_round_trip_exactly(obj):
+    data = _core.plain_encode(obj)
+    assert data is not None and data[:2] == b"P\x01"
+    back = _core.plain_decode(data)
+    assert _same(back, obj)
+    assert _same(_core.plain_decode(bytearray(data)), obj)
+
+
+def test_plain_messages_keep_float_bits():
+    nan = struct.unpack("<d", struct.pack("<Q", 0x7FF8_0000_0000_1234))[0]
+    back = _core.plain_decode(_core.plain_encode([nan, -0.0]))
+    assert struct.pack("<d", back[0]) == struct.pack("<d", nan)
+    assert math.copysign(1, back[1]) == -1.0
+
+
+def test_what_plain_messages_refuse():
+    shared = [1]
+    cyclic = [1]
+    cyclic.append(cyclic)
+    d = {}
+    for obj in (
+        2**64,
+        -(2**63) - 1,
+        1j,
+        "\ud800",  # a lone surrogate: not UTF-8
+        {1, 2},
+        frozenset(),
+        bytearray(b"x"),
+        _Small.A,
+        _F(1.0),
+        object(),
+        [shared, shared],  # shared list: pickle keeps the sharing, this format cannot
+        {"a": d, "b": d},
+        cyclic,
+        list(range(300)),  # past the item budget
+        [[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]],  # past the depth
+    ):
+        assert _core.plain_encode(obj) is None, obj
+    # Equal immutable values may repeat.
+    assert _core.plain_decode(_core.plain_encode(("s", "s", (1,), (1,)))) == ("s", "s", (1,), (1,))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"P",
+        b"Q\x01N",
+        b"P\x02N",
+        b"P\x01",
+        b"P\x01Z",
+        b"P\x01i\x00",
+        b"P\x01NN",
+        b"P\x01s\xff\xff\xff\xff",
+        b"P\x01(\xff\xff\xff\x7f",
+        b"P\x01s\x01\x00\x00\x00\xff",
+        b"P\x01{\x01\x00\x00\x00[\x00\x00\x00\x00N",
+    ],
+)
+def test_corrupt_plain_messages_raise(data):
+    with pytest.raises((ValueError, TypeError)):
+        _core.plain_decode(data)
+
+
+def test_plain_encode_many_and_decode_many():
     import pickle
 
     objs = [(0, i) for i in range(50)] + [{"a": [1.5, None]}, b"x", "s"]
-    blob, bounds = _core.plain_dumps_many(objs)
+    blob, bounds = _core.plain_encode_many(objs)
     starts = [0] + bounds[:-1]
-    assert [pickle.loads(blob[a:b]) for a, b in zip(starts, bounds)] == objs
-    assert _core.plain_dumps_many(tuple(objs))[1] == bounds
-    assert _core.plain_dumps_many(objs + [object()]) is None
-    assert _core.plain_dumps_many(iter(objs)) is None  # the caller makes a list first
-    assert _core.plain_dumps_many([]) == (b"", [])
-    msgs = [(0, pickle.dumps(o, 5)) for o in objs]
-    assert _core.loads_many(msgs) == objs
-    assert _core.loads_many(msgs + [(1, b"raw")]) is None
+    assert [_core.plain_decode(blob[a:b]) for a, b in zip(starts, bounds)] == objs
+    assert _core.plain_encode_many(tuple(objs))[1] == bounds
+    assert _core.plain_encode_many(objs + [object()]) is None
+    assert _core.plain_encode_many(iter(objs)) is None  # the caller makes a list first
+    assert _core.plain_encode_many([]) == (b"", [])
+    msgs = [(4, _core.plain_encode(o)) for o in objs] + [(0, pickle.dumps({1, 2}, 5))]
+    assert _core.decode_many(msgs) == objs + [{1, 2}]
+    assert _core.decode_many(msgs + [(1, b"raw")]) is None
+    assert _core.decode_many([(0, bytearray(b"x"))]) is None
     with pytest.raises(pickle.UnpicklingError):
-        _core.loads_many([(0, b"not a pickle")])
+        _core.decode_many([(0, b"not a pickle")])

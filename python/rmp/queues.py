@@ -59,6 +59,8 @@ _PICKLE = 0
 _BYTES = 1
 _BYTEARRAY = 0x81
 _OOB = 0x82  # pickle protocol 5 with out-of-band buffers: header, pickle, buffers
+_PLAIN = 4  # plain data in rmp's own format (src/py/plain.rs): put_plain, put_many
+_DECODED = 0xFF  # Channel.get_obj: decoded already
 # Buffers smaller than this stay in band (framing them costs more than it saves).
 _OOB_MIN = 16 * 1024
 _ALIGN = 64
@@ -67,8 +69,9 @@ _OK, _FULL, _SHUT, _FED = 0, 1, 2, 3
 _NOT_PLAIN = 255  # Channel.put_plain: not bytes nor plain data, nothing put
 _loads = ForkingPickler.loads
 _plain_dumps = _core.plain_dumps
-_plain_dumps_many = _core.plain_dumps_many
-_loads_many = _core.loads_many
+_plain_encode_many = _core.plain_encode_many
+_plain_decode = _core.plain_decode
+_decode_many = _core.decode_many
 
 
 def _capacity(capacity):
@@ -248,6 +251,8 @@ def _encode(obj):
 def _decode(tag, data):
     if tag == _PICKLE:
         return _loads(data)
+    if tag == _PLAIN:
+        return _plain_decode(data if data.__class__ is bytes else bytes(memoryview(data)))
     if tag == _BYTES:
         return data if data.__class__ is bytes else bytes(memoryview(data))
     if tag == _BYTEARRAY:
@@ -385,28 +390,30 @@ class Queue:
         raises ``queue.Full`` after putting as many as fitted in time."""
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
-        _, r = self._chan.put_batch(_PICKLE, *self._encode_many(objs), block, timeout)
+        _, r = self._chan.put_batch(*self._encode_many(objs), block, timeout)
         if r:
             self._put_status(r)
 
     def _encode_many(self, objs):
+        """``(tag, blob, bounds)`` for ``put_batch``."""
         if objs.__class__ is not list and objs.__class__ is not tuple:
             objs = list(objs)
-        # Plain data is pickled by one call into the core; anything else by ForkingPickler.
-        enc = _plain_dumps_many(objs)
+        # Plain data is encoded by one call into the core; anything else by ForkingPickler.
+        enc = _plain_encode_many(objs)
         if enc is not None:
-            return enc
-        return _encode_many(objs, self._on_queue_feeder_error if self._custom_errors else None)
+            return _PLAIN, enc[0], enc[1]
+        on_error = self._on_queue_feeder_error if self._custom_errors else None
+        return (_PICKLE, *_encode_many(objs, on_error))
 
     def get(self, block=True, timeout=None):
         """Remove and return the oldest object (``queue.Empty`` if none comes in time)."""
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
-        r = self._chan.get(block, timeout)
+        r = self._chan.get_obj(block, timeout)
         if r.__class__ is tuple:
             tag, data = r
-            if tag == _PICKLE:
-                return _loads(data)
+            if tag == _DECODED:
+                return data
             if tag == _BYTES and data.__class__ is bytes:
                 return data
             return _decode(tag, data)
@@ -422,7 +429,7 @@ class Queue:
             raise ValueError("max_items must be at least 1")
         r = self._chan.get_many(max_items, block, timeout)
         if r.__class__ is list:
-            objs = _loads_many(r)  # all pickles (the usual case): unpickled in one call
+            objs = _decode_many(r)  # all pickles or plain (the usual case): one call
             if objs is not None:
                 return objs
             loads = _loads
@@ -526,14 +533,14 @@ class JoinableQueue(Queue):
     def put_many(self, objs, block=True, timeout=None):
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
-        blob, bounds = self._encode_many(objs)
+        tag, blob, bounds = self._encode_many(objs)
         chan = self._chan
         n = len(bounds)
         # Counted before the messages can be taken; the ones not put are not tasks.
         chan.task_added(n)
         done, r = 0, _OK
         try:
-            done, r = chan.put_batch(_PICKLE, blob, bounds, block, timeout)
+            done, r = chan.put_batch(tag, blob, bounds, block, timeout)
         finally:
             if n - done:
                 chan.tasks_done(n - done)
@@ -636,11 +643,11 @@ class SimpleQueue:
         """Remove and return the next object, waiting for one."""
         if self._reader.closed:
             raise OSError("handle is closed")
-        r = self._chan.get(True, None)
+        r = self._chan.get_obj(True, None)
         if r.__class__ is tuple:
             tag, data = r
-            if tag == _PICKLE:
-                return _loads(data)
+            if tag == _DECODED:
+                return data
             return _decode(tag, data)
         raise ShutDown
 

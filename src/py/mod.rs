@@ -4,6 +4,7 @@
 
 mod connection;
 mod fastcall;
+mod plain;
 mod pool;
 mod process;
 mod queue;
@@ -92,6 +93,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     process::register(m)?;
     queue::register(m)?;
     scalars::register(m)?;
+    plain::register(m)?;
     sharedctypes::register(m)?;
     shm::register(m)?;
     sync::register(m)?;

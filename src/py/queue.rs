@@ -16,6 +16,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyList, PyTuple};
 
+use super::plain;
 use super::pool::TaskBoard;
 use super::shm::Segment;
 use super::{deadline, wait_detached};
@@ -35,9 +36,10 @@ const PUT_FULL: u8 = 1;
 const PUT_SHUTDOWN: u8 = 2;
 /// `put_plain`: the object is not plain data; nothing was put.
 const PUT_NOT_PLAIN: u8 = 255;
-/// Message tags `put_plain` writes (`rmp.queues`: `_PICKLE`, `_BYTES`).
-const TAG_PICKLE: u8 = 0;
+/// The message tag of exact `bytes` (`rmp.queues._BYTES`).
 const TAG_BYTES: u8 = 1;
+/// `get_obj`: the message was decoded here; the second item is the object.
+const TAG_DECODED: u8 = 0xff;
 /// `get` results other than a message.
 const GET_EMPTY: u8 = 1;
 const GET_SHUTDOWN: u8 = 2;
@@ -221,6 +223,14 @@ impl Channel {
                     if !ring.spin_for_room(want, ROOM_SPIN, ROOM_BURST) {
                         self.spin_for_room.store(false, Ordering::Relaxed);
                     }
+                    continue;
+                }
+                Push::FullBytes if !feed && block && !spun => {
+                    // No feeder (SimpleQueue): wait for a burst's worth of room too, while
+                    // the consumers keep popping, before the plain wait for any room.
+                    spun = true;
+                    let total: usize = parts.iter().map(|p| p.len()).sum();
+                    ring.spin_for_room(ring.burst_room(total), ROOM_SPIN, ROOM_BURST);
                     continue;
                 }
                 Push::FullBytes if feed && self.may_backlog() => {
@@ -563,7 +573,7 @@ impl Channel {
     }
 
     /// `put` of a Python object when it needs no `ForkingPickler`: exact `bytes` (tag 1, as
-    /// is) or plain data (tag 0, `pickle.dumps(obj, 5)`, see `plain_dumps`), in one call.
+    /// is) or plain data (tag 4, in the plain format of `src/py/plain.rs`), in one call.
     /// Returns `put`'s status, or 255 when `obj` is neither (the caller encodes it).
     #[pyo3(signature = (obj, block=true, timeout=None, feed=true))]
     fn put_plain(
@@ -574,11 +584,15 @@ impl Channel {
         timeout: Option<f64>,
         feed: bool,
     ) -> PyResult<u8> {
-        let (tag, data) = if let Ok(b) = obj.cast_exact::<PyBytes>() {
-            (TAG_BYTES, b.clone())
+        let encoded;
+        let (tag, data): (u8, &[u8]) = if let Ok(b) = obj.cast_exact::<PyBytes>() {
+            (TAG_BYTES, b.as_bytes())
         } else {
-            match super::scalars::plain_dumps(py, obj)? {
-                Some(b) => (TAG_PICKLE, b),
+            match plain::encode(obj) {
+                Some(v) => {
+                    encoded = v;
+                    (plain::TAG_PLAIN, &encoded)
+                }
                 None => return Ok(PUT_NOT_PLAIN),
             }
         };
@@ -589,7 +603,7 @@ impl Channel {
             deadline: if block { deadline(timeout)? } else { None },
             feed,
         };
-        self.put_one(py, &me, tag, &[data.as_bytes()], &how)
+        self.put_one(py, &me, tag, &[data], &how)
     }
 
     /// Puts several messages (`tags[i]`, `datas[i]`) as `put` does, in order, with one
@@ -700,6 +714,31 @@ impl Channel {
             Ok(mut v) => v.pop().expect("get_some returns at least one"),
             Err(code) => code.into_pyobject(py)?.unbind().into_any(),
         })
+    }
+
+    /// `get`, decoding a pickle (`pickle.loads`) or a plain message itself: returns
+    /// `(255, obj)` then, and otherwise what `get` returns (`(tag, data)` for the caller to
+    /// decode, or the int status). The decoding runs after the queue's lock is released.
+    #[pyo3(signature = (block=true, timeout=None))]
+    fn get_obj(&self, py: Python<'_>, block: bool, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
+        static LOADS: pyo3::sync::PyOnceLock<Py<PyAny>> = pyo3::sync::PyOnceLock::new();
+        let me = Me::current();
+        let deadline = if block { deadline(timeout)? } else { None };
+        let msg = match self.get_some(py, &me, 1, block, deadline, None)? {
+            Ok(mut v) => v.pop().expect("get_some returns at least one"),
+            Err(code) => return Ok(code.into_pyobject(py)?.unbind().into_any()),
+        };
+        let pair = msg.bind(py).cast::<PyTuple>()?;
+        let tag: u8 = pair.get_item(0)?.extract()?;
+        let data = pair.get_item(1)?;
+        let obj = match (tag, data.cast_exact::<PyBytes>()) {
+            (plain::TAG_PLAIN, Ok(b)) => plain::decode(py, b.as_bytes())?,
+            (plain::TAG_PICKLE, Ok(b)) => {
+                LOADS.import(py, "pickle", "loads")?.call1((b,))?.unbind()
+            }
+            _ => return Ok(msg),
+        };
+        Ok((TAG_DECODED, obj).into_pyobject(py)?.unbind().into_any())
     }
 
     /// `get` for a pool worker: the message's last 16 bytes (job, index) are recorded

@@ -249,59 +249,7 @@ pub(crate) fn plain_dumps<'py>(
     Ok(Some(dumps.call1((obj, 5))?.cast_into::<PyBytes>()?))
 }
 
-/// `plain_dumps` of every object of the list or tuple `objs`, as one blob and the end of
-/// each pickle in it (what `Channel.put_batch` takes), or None if one of them is not plain.
-#[pyfunction]
-fn plain_dumps_many<'py>(
-    py: Python<'py>,
-    objs: &Bound<'py, PyAny>,
-) -> PyResult<Option<(Bound<'py, PyBytes>, Vec<usize>)>> {
-    let items = if let Ok(list) = objs.cast_exact::<PyList>() {
-        list.iter().collect::<Vec<_>>()
-    } else if let Ok(tuple) = objs.cast_exact::<PyTuple>() {
-        tuple.iter().collect::<Vec<_>>()
-    } else {
-        return Ok(None);
-    };
-    let mut blob = Vec::new();
-    let mut bounds = Vec::with_capacity(items.len());
-    for obj in &items {
-        let Some(data) = plain_dumps(py, obj)? else {
-            return Ok(None);
-        };
-        blob.extend_from_slice(data.as_bytes());
-        bounds.push(blob.len());
-    }
-    Ok(Some((PyBytes::new(py, &blob), bounds)))
-}
-
-/// `pickle.loads` of each `(0, data)` pair of `msgs` (a `Channel.get_many` list), or None
-/// (nothing unpickled) when one has another tag: the caller decodes those itself.
-#[pyfunction]
-fn loads_many<'py>(
-    py: Python<'py>,
-    msgs: &Bound<'py, PyList>,
-) -> PyResult<Option<Bound<'py, PyList>>> {
-    static LOADS: pyo3::sync::PyOnceLock<Py<PyAny>> = pyo3::sync::PyOnceLock::new();
-    let mut datas = Vec::with_capacity(msgs.len());
-    for m in msgs.iter() {
-        let m = m.cast_into::<PyTuple>()?;
-        if m.len() != 2 || m.get_item(0)?.extract::<u8>()? != 0 {
-            return Ok(None);
-        }
-        datas.push(m.get_item(1)?);
-    }
-    let loads = LOADS.import(py, "pickle", "loads")?;
-    let out = PyList::empty(py);
-    for d in datas {
-        out.append(loads.call1((d,))?)?;
-    }
-    Ok(Some(out))
-}
-
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_function(wrap_pyfunction!(plain_dumps_many, m)?)?;
-    m.add_function(wrap_pyfunction!(loads_many, m)?)?;
     m.add_function(wrap_pyfunction!(plain_dumps, m)?)?;
     m.add_function(wrap_pyfunction!(pack_scalars, m)?)?;
     m.add_function(wrap_pyfunction!(unpack_scalars, m)?)?;
