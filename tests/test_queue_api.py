@@ -176,6 +176,29 @@ def test_objects_keep_their_types_and_sharing_through_a_child(mp, kind):
             q.join_thread()
 
 
+def test_get_many_decodes_every_kind_of_message():
+    """One get_many batch holding each kind of message a put makes: plain data, pickles,
+    bytes, bytearray, a numpy array (out-of-band buffers), and one in a memfd of its own
+    (which ends a batch)."""
+    q = rmp.Queue()
+    try:
+        arr = np.arange(5000, dtype=np.float64)  # 40 KB: out of band
+        objs = [(1, "a"), {1, 2}, b"raw", bytearray(b"ba"), arr, [1, [2]], b"L" * (1 << 20)]
+        for o in objs:
+            q.put(o)
+        got = []
+        deadline = time.monotonic() + 10
+        while len(got) < len(objs) and time.monotonic() < deadline:
+            got += q.get_many(100, timeout=10)
+        assert len(got) == len(objs)
+        for g, o in zip(got, objs):
+            assert type(g) is type(o)
+        assert got[:4] == objs[:4] and got[5:] == objs[5:]
+        assert np.array_equal(got[4], arr)
+    finally:
+        _close(q)
+
+
 def test_bounded_queue_full_and_sizes(mp):
     q = mp.Queue(2)
     try:

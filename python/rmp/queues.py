@@ -71,7 +71,6 @@ _loads = ForkingPickler.loads
 _plain_dumps = _core.plain_dumps
 _plain_encode_many = _core.plain_encode_many
 _plain_decode = _core.plain_decode
-_decode_many = _core.decode_many
 
 
 def _capacity(capacity):
@@ -390,7 +389,13 @@ class Queue:
         raises ``queue.Full`` after putting as many as fitted in time."""
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
-        _, r = self._chan.put_batch(*self._encode_many(objs), block, timeout)
+        if objs.__class__ is not list and objs.__class__ is not tuple:
+            objs = list(objs)
+        # Plain data is encoded and committed by one call into the core.
+        done = self._chan.put_many_plain(objs, block, timeout)
+        if done is None:
+            done = self._chan.put_batch(*self._encode_many(objs), block, timeout)
+        r = done[1]
         if r:
             self._put_status(r)
 
@@ -427,13 +432,9 @@ class Queue:
             raise ValueError(f"Queue {self!r} is closed")
         if max_items < 1:
             raise ValueError("max_items must be at least 1")
-        r = self._chan.get_many(max_items, block, timeout)
+        r = self._chan.get_many_obj(max_items, block, timeout)  # decoded in the core
         if r.__class__ is list:
-            objs = _decode_many(r)  # all pickles or plain (the usual case): one call
-            if objs is not None:
-                return objs
-            loads = _loads
-            return [loads(d) if t == _PICKLE else _decode(t, d) for t, d in r]
+            return r
         raise Empty if r == _FULL else ShutDown
 
     def qsize(self):

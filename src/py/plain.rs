@@ -163,14 +163,27 @@ impl Encoder {
 
 /// `obj` in the plain format, or None when it is not plain data.
 pub(crate) fn encode(obj: &Bound<'_, PyAny>) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(64);
+    encode_into(obj, &mut out).then_some(out)
+}
+
+/// Appends `obj` in the plain format to `out` (false, with `out` as it was, when it is not
+/// plain data).
+fn encode_into(obj: &Bound<'_, PyAny>, out: &mut Vec<u8>) -> bool {
+    let start = out.len();
     let mut enc = Encoder {
-        out: Vec::with_capacity(64),
+        out: std::mem::take(out),
         budget: BUDGET,
         seen: Vec::new(),
     };
     enc.out.extend_from_slice(&[MAGIC, VERSION]);
     // SAFETY: `obj` is a live object and the interpreter is attached (we hold a Bound).
-    unsafe { enc.value(obj.as_ptr(), DEPTH) }.then_some(enc.out)
+    let ok = unsafe { enc.value(obj.as_ptr(), DEPTH) };
+    *out = enc.out;
+    if !ok {
+        out.truncate(start);
+    }
+    ok
 }
 
 struct Decoder<'a> {
@@ -310,6 +323,11 @@ fn plain_encode_many<'py>(
     py: Python<'py>,
     objs: &Bound<'py, PyAny>,
 ) -> PyResult<Option<(Bound<'py, PyBytes>, Vec<usize>)>> {
+    Ok(encode_many(objs)?.map(|(blob, bounds)| (PyBytes::new(py, &blob), bounds)))
+}
+
+/// `plain_encode_many` in Rust memory.
+pub(crate) fn encode_many(objs: &Bound<'_, PyAny>) -> PyResult<Option<(Vec<u8>, Vec<usize>)>> {
     let items = if let Ok(list) = objs.cast_exact::<PyList>() {
         list.iter().collect::<Vec<_>>()
     } else if let Ok(tuple) = objs.cast_exact::<PyTuple>() {
@@ -320,51 +338,16 @@ fn plain_encode_many<'py>(
     let mut blob = Vec::new();
     let mut bounds = Vec::with_capacity(items.len());
     for obj in &items {
-        let Some(msg) = encode(obj) else {
+        if !encode_into(obj, &mut blob) {
             return Ok(None);
-        };
-        blob.extend_from_slice(&msg);
+        }
         bounds.push(blob.len());
     }
-    Ok(Some((PyBytes::new(py, &blob), bounds)))
-}
-
-/// The objects of `msgs` (a `Channel.get_many` list of `(tag, data)`) when every message is
-/// a pickle (tag 0, `pickle.loads`) or a plain message (tag 4) held in `bytes`; otherwise
-/// None, nothing decoded, and the caller decodes them itself.
-#[pyfunction]
-fn decode_many<'py>(
-    py: Python<'py>,
-    msgs: &Bound<'py, PyList>,
-) -> PyResult<Option<Bound<'py, PyList>>> {
-    static LOADS: pyo3::sync::PyOnceLock<Py<PyAny>> = pyo3::sync::PyOnceLock::new();
-    let mut parts = Vec::with_capacity(msgs.len());
-    for m in msgs.iter() {
-        let m = m.cast_into::<PyTuple>()?;
-        if m.len() != 2 {
-            return Ok(None);
-        }
-        let tag = m.get_item(0)?.extract::<u8>()?;
-        let data = m.get_item(1)?;
-        if (tag != TAG_PICKLE && tag != TAG_PLAIN) || !data.is_exact_instance_of::<PyBytes>() {
-            return Ok(None);
-        }
-        parts.push((tag, data.cast_into::<PyBytes>()?));
-    }
-    let out = PyList::empty(py);
-    for (tag, data) in parts {
-        if tag == TAG_PLAIN {
-            out.append(decode(py, data.as_bytes())?)?;
-        } else {
-            out.append(LOADS.import(py, "pickle", "loads")?.call1((data,))?)?;
-        }
-    }
-    Ok(Some(out))
+    Ok(Some((blob, bounds)))
 }
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(plain_encode_many, m)?)?;
-    m.add_function(wrap_pyfunction!(decode_many, m)?)?;
     m.add_function(wrap_pyfunction!(plain_encode, m)?)?;
     m.add_function(wrap_pyfunction!(plain_decode, m)?)?;
     Ok(())

@@ -356,6 +356,20 @@ impl Channel {
         deadline: Option<Instant>,
         claim: Option<(&Board, u32)>,
     ) -> PyResult<Result<Vec<Py<PyAny>>, u8>> {
+        self.wait_for_some(py, block, deadline, || {
+            self.try_get_many(py, me, max, claim)
+        })
+    }
+
+    /// The waiting of `get`: `attempt` until it takes something (non-empty), the queue is
+    /// shut down, or the deadline passes (the int status then).
+    fn wait_for_some<T>(
+        &self,
+        py: Python<'_>,
+        block: bool,
+        deadline: Option<Instant>,
+        mut attempt: impl FnMut() -> PyResult<Vec<T>>,
+    ) -> PyResult<Result<Vec<T>, u8>> {
         let ring = self.chan.ring();
         // As in `put_one`: the `not_empty` value is read only after a failed attempt, which
         // is then retried once before any wait.
@@ -365,7 +379,7 @@ impl Channel {
             if state == SHUTDOWN_IMMEDIATE {
                 return Ok(Err(GET_SHUTDOWN));
             }
-            let got = self.try_get_many(py, me, max, claim)?;
+            let got = attempt()?;
             if !got.is_empty() {
                 return Ok(Ok(got));
             }
@@ -420,6 +434,44 @@ fn task_header(py: Python<'_>, item: &Popped<Py<PyAny>>) -> Option<(u64, u64)> {
     let job = u64::from_le_bytes(tail[..8].try_into().ok()?);
     let index = u64::from_le_bytes(tail[8..].try_into().ok()?);
     Some((job, index))
+}
+
+/// Where `get_many_obj` copies messages out of the ring, under its lock: chunks of at least
+/// 64 KiB, zeroed when made and never grown (so the pointers handed out stay valid), one
+/// allocation for a whole batch of small messages instead of one each.
+#[derive(Default)]
+struct Arena {
+    chunks: Vec<Vec<u8>>,
+    /// Bytes handed out of the last chunk.
+    used: usize,
+}
+
+/// A message's place in an [`Arena`].
+struct Span {
+    chunk: usize,
+    start: usize,
+    len: usize,
+}
+
+impl Arena {
+    const CHUNK: usize = 64 << 10;
+
+    /// `len` bytes for the pop to copy a message into.
+    fn alloc(&mut self, len: usize) -> (Span, *mut u8) {
+        if self.chunks.last().is_none_or(|c| c.len() - self.used < len) {
+            self.chunks.push(vec![0u8; len.max(Self::CHUNK)]);
+            self.used = 0;
+        }
+        let chunk = self.chunks.len() - 1;
+        let start = self.used;
+        self.used += len;
+        let buf = &mut self.chunks[chunk][start..start + len];
+        (Span { chunk, start, len }, buf.as_mut_ptr())
+    }
+
+    fn get(&self, span: &Span) -> &[u8] {
+        &self.chunks[span.chunk][span.start..span.start + span.len]
+    }
 }
 
 /// A new, uninitialised `bytes` (or `bytearray` for a writable tag) of `len` bytes and the
@@ -797,6 +849,104 @@ impl Channel {
     /// Clears `has_put` (a forked child starts with no puts of its own).
     fn forget_puts(&self) {
         self.has_put.store(false, Ordering::Relaxed);
+    }
+
+    /// `get_many`, decoded: up to `max_items` objects, each as `Queue.get` gives it (plain
+    /// messages and pickles decoded here, other kinds by `rmp.queues._decode`), or the int
+    /// status. The messages are copied out under the queue's lock into memory of this call,
+    /// and the objects are made after it is released.
+    #[pyo3(signature = (max_items, block=true, timeout=None))]
+    fn get_many_obj(
+        &self,
+        py: Python<'_>,
+        max_items: usize,
+        block: bool,
+        timeout: Option<f64>,
+    ) -> PyResult<Py<PyAny>> {
+        static LOADS: pyo3::sync::PyOnceLock<Py<PyAny>> = pyo3::sync::PyOnceLock::new();
+        static DECODE: pyo3::sync::PyOnceLock<Py<PyAny>> = pyo3::sync::PyOnceLock::new();
+        let me = Me::current();
+        let deadline = if block { deadline(timeout)? } else { None };
+        let links = self.chan.links();
+        let ring = self.chan.ring();
+        let mut arena = Arena::default();
+        let got = self.wait_for_some(py, block, deadline, || {
+            ring.try_pop_many_with(
+                &me,
+                Some(&links),
+                max_items.max(1),
+                |_, len| Ok(arena.alloc(len)),
+                |_, _| {},
+            )
+            .map_err(|e| Error::from(e).into())
+        })?;
+        let popped = match got {
+            Ok(v) => v,
+            Err(code) => return Ok(code.into_pyobject(py)?.unbind().into_any()),
+        };
+        let out = PyList::empty(py);
+        for p in popped {
+            let obj = match p {
+                Popped::Inline { tag, data } => {
+                    let bytes = arena.get(&data);
+                    match tag {
+                        plain::TAG_PLAIN => plain::decode(py, bytes)?,
+                        plain::TAG_PICKLE => LOADS
+                            .import(py, "pickle", "loads")?
+                            .call1((PyBytes::new(py, bytes),))?
+                            .unbind(),
+                        TAG_BYTES => PyBytes::new(py, bytes).into_any().unbind(),
+                        _ => {
+                            let data: Bound<'_, PyAny> = if tag & TAG_WRITABLE != 0 {
+                                PyByteArray::new(py, bytes).into_any()
+                            } else {
+                                PyBytes::new(py, bytes).into_any()
+                            };
+                            DECODE
+                                .import(py, "rmp.queues", "_decode")?
+                                .call1((tag, data))?
+                                .unbind()
+                        }
+                    }
+                }
+                Popped::Fd { tag, fd, len } => {
+                    let len = usize::try_from(len)
+                        .map_err(|_| PyValueError::new_err("message too large"))?;
+                    let data: Py<PyAny> = if len == 0 {
+                        PyBytes::new(py, b"").unbind().into_any()
+                    } else {
+                        let seg =
+                            CoreSegment::map_with(fd, len, true, false).map_err(Error::from)?;
+                        Py::new(py, Segment::from_core(seg))?.into_any()
+                    };
+                    DECODE
+                        .import(py, "rmp.queues", "_decode")?
+                        .call1((tag, data))?
+                        .unbind()
+                }
+            };
+            out.append(obj)?;
+        }
+        Ok(out.unbind().into_any())
+    }
+
+    /// `put_many` of plain data: every object of the list or tuple `objs` in the plain
+    /// format (tag 4), committed as `put_batch` does. None, with nothing put, when one of
+    /// them is not plain; else `put_batch`'s `(count, status)`.
+    #[pyo3(signature = (objs, block=true, timeout=None, feed=true))]
+    fn put_many_plain(
+        &self,
+        py: Python<'_>,
+        objs: &Bound<'_, PyAny>,
+        block: bool,
+        timeout: Option<f64>,
+        feed: bool,
+    ) -> PyResult<Option<(usize, u8)>> {
+        let Some((blob, bounds)) = plain::encode_many(objs)? else {
+            return Ok(None);
+        };
+        self.put_batch(py, plain::TAG_PLAIN, &blob, bounds, block, timeout, feed)
+            .map(Some)
     }
 
     /// Messages taken from the ring so far (mod 2^32): a pool compares it with a claim's
