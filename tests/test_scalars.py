@@ -1,9 +1,8 @@
 """Fast paths for plain data in ``rmp._core``: ``pack_scalars``/``unpack_scalars`` (the
 packed form in which a pool sends map chunks and results that are lists of exact ints or
-floats, ``src/py/scalars.rs``), ``plain_dumps`` (one-call pickling of builtin data), and the
-plain message format of queues (``plain_encode``/``plain_decode``, ``src/py/plain.rs``).
-What does not qualify must be refused (None), so that the caller pickles it instead: no
-object may come back different."""
+floats, ``src/py/scalars.rs``), and the plain message format of queues
+(``plain_encode``/``plain_decode``, ``src/py/plain.rs``). What does not qualify must be
+refused (None), so that the caller pickles it instead: no object may come back different."""
 
 from __future__ import annotations
 
@@ -89,56 +88,6 @@ def test_unpack_reads_any_buffer_up_to_end_and_checks_the_header():
         _core.unpack_scalars(b"x" + packed[1:])
     with pytest.raises(TypeError):
         _core.unpack_scalars("not a buffer")
-
-
-def test_plain_dumps_takes_builtin_data_only():
-    import pickle
-
-    plain = [
-        None,
-        True,
-        7,
-        2**100,
-        1.5,
-        1j,
-        "s",
-        b"b",
-        (1, "a", None),
-        [1, [2, [3]]],
-        {"k": (1, 2.0), 3: [b"x"]},
-        (),
-        [],
-        {},
-    ]
-    for obj in plain:
-        data = _core.plain_dumps(obj)
-        assert data == pickle.dumps(obj, 5) and pickle.loads(data) == obj
-
-    class S(str):
-        pass
-
-    class D(dict):
-        pass
-
-    cyclic = [1]
-    cyclic.append(cyclic)
-    deep = [[[[[[[[[[1]]]]]]]]]]
-    others = [
-        S("x"),
-        D(a=1),
-        {1, 2},
-        frozenset([1]),
-        bytearray(b"x"),
-        object(),
-        _Small.A,
-        (1, S("x")),
-        {"k": {1}},
-        cyclic,
-        deep,
-        list(range(300)),
-    ]
-    for obj in others:
-        assert _core.plain_dumps(obj) is None, obj
 
 
 _PLAIN_VALUES = [

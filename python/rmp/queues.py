@@ -68,7 +68,6 @@ _ALIGN = 64
 _OK, _FULL, _SHUT, _FED = 0, 1, 2, 3
 _NOT_PLAIN = 255  # Channel.put_plain: not bytes nor plain data, nothing put
 _loads = ForkingPickler.loads
-_plain_dumps = _core.plain_dumps
 _plain_encode_many = _core.plain_encode_many
 _plain_decode = _core.plain_decode
 
@@ -236,10 +235,6 @@ def _encode(obj):
         return _BYTES, obj
     if cls is bytearray:
         return _BYTEARRAY, obj
-    # Small plain data (builtin scalars in tuples, lists, dicts): one call to pickle.dumps.
-    data = _plain_dumps(obj)
-    if data is not None:
-        return _PICKLE, data
     try:
         enc = _local.encode
     except AttributeError:

@@ -311,15 +311,7 @@ impl Channel {
                     Ok((tag, data).into_pyobject(py)?.unbind().into_any())
                 }
                 Popped::Fd { tag, fd, len } => {
-                    let len = usize::try_from(len)
-                        .map_err(|_| PyValueError::new_err("message too large"))?;
-                    let obj: Py<PyAny> = if len == 0 {
-                        PyBytes::new(py, b"").unbind().into_any()
-                    } else {
-                        let seg =
-                            CoreSegment::map_with(fd, len, true, false).map_err(Error::from)?;
-                        Py::new(py, Segment::from_core(seg))?.into_any()
-                    };
+                    let obj = fd_message(py, fd, len)?;
                     Ok((tag, obj).into_pyobject(py)?.unbind().into_any())
                 }
             })
@@ -434,6 +426,17 @@ fn task_header(py: Python<'_>, item: &Popped<Py<PyAny>>) -> Option<(u64, u64)> {
     let job = u64::from_le_bytes(tail[..8].try_into().ok()?);
     let index = u64::from_le_bytes(tail[8..].try_into().ok()?);
     Some((job, index))
+}
+
+/// A message in a memfd of its own (`len` bytes of `fd`) as `get` returns it: a read-only
+/// `Segment` mapping it (empty `bytes` when `len` is 0).
+fn fd_message(py: Python<'_>, fd: std::os::fd::OwnedFd, len: u64) -> PyResult<Py<PyAny>> {
+    let len = usize::try_from(len).map_err(|_| PyValueError::new_err("message too large"))?;
+    if len == 0 {
+        return Ok(PyBytes::new(py, b"").unbind().into_any());
+    }
+    let seg = CoreSegment::map_with(fd, len, true, false).map_err(Error::from)?;
+    Ok(Py::new(py, Segment::from_core(seg))?.into_any())
 }
 
 /// Where `get_many_obj` copies messages out of the ring, under its lock: chunks of at least
@@ -910,15 +913,7 @@ impl Channel {
                     }
                 }
                 Popped::Fd { tag, fd, len } => {
-                    let len = usize::try_from(len)
-                        .map_err(|_| PyValueError::new_err("message too large"))?;
-                    let data: Py<PyAny> = if len == 0 {
-                        PyBytes::new(py, b"").unbind().into_any()
-                    } else {
-                        let seg =
-                            CoreSegment::map_with(fd, len, true, false).map_err(Error::from)?;
-                        Py::new(py, Segment::from_core(seg))?.into_any()
-                    };
+                    let data = fd_message(py, fd, len)?;
                     DECODE
                         .import(py, "rmp.queues", "_decode")?
                         .call1((tag, data))?

@@ -1,6 +1,3 @@
-//! Fast paths for plain data. `plain_dumps` pickles an object made only of builtin scalars,
-//! tuples, lists and dicts with one call (a queue's `put` of a small message).
-//!
 //! Packed scalars: a list of exact `int`s (each within i64) or of exact `float`s, as raw
 //! little-endian machine words instead of a pickle. A pool's map sends its chunks and results
 //! this way when they are such lists (falling back to pickle otherwise): a pickle of a
@@ -177,80 +174,7 @@ fn unpack_scalars<'py>(
     }
 }
 
-/// Items a plain object may hold in all (containers' items, keys and values counted) for
-/// `plain_dumps` to take it: past this, the queue's reused pickler costs no more per item.
-const PLAIN_BUDGET: usize = 256;
-/// Nesting depth `plain_dumps` looks into.
-const PLAIN_DEPTH: u32 = 8;
-
-/// Whether `obj` is made only of exact `None`, `bool`, `int`, `float`, `complex`, `str`,
-/// `bytes`, and exact `tuple`, `list` and `dict` of those, within the budget and depth.
-///
-/// # Safety
-/// `obj` must be a live object, the interpreter attached; no Python code runs here, so no
-/// container can change while it is read.
-unsafe fn is_plain(obj: *mut ffi::PyObject, depth: u32, budget: &mut usize) -> bool {
-    if *budget == 0 || depth == 0 {
-        return false;
-    }
-    *budget -= 1;
-    // SAFETY: the caller's contract; each check reads the object's type pointer, and the
-    // item accessors read the exact container's own storage within its size.
-    unsafe {
-        if obj == ffi::Py_None()
-            || ffi::PyLong_CheckExact(obj) != 0
-            || ffi::PyFloat_CheckExact(obj) != 0
-            || ffi::PyUnicode_CheckExact(obj) != 0
-            || ffi::PyBytes_CheckExact(obj) != 0
-            || ffi::PyBool_Check(obj) != 0
-            || ffi::PyComplex_CheckExact(obj) != 0
-        {
-            return true;
-        }
-        if ffi::PyTuple_CheckExact(obj) != 0 {
-            let n = ffi::PyTuple_GET_SIZE(obj);
-            return (0..n).all(|i| is_plain(ffi::PyTuple_GET_ITEM(obj, i), depth - 1, budget));
-        }
-        if ffi::PyList_CheckExact(obj) != 0 {
-            let n = ffi::PyList_GET_SIZE(obj);
-            return (0..n).all(|i| is_plain(ffi::PyList_GET_ITEM(obj, i), depth - 1, budget));
-        }
-        if ffi::PyDict_CheckExact(obj) != 0 {
-            let mut pos: ffi::Py_ssize_t = 0;
-            let mut key = std::ptr::null_mut();
-            let mut value = std::ptr::null_mut();
-            while ffi::PyDict_Next(obj, &mut pos, &mut key, &mut value) != 0 {
-                if !is_plain(key, depth - 1, budget) || !is_plain(value, depth - 1, budget) {
-                    return false;
-                }
-            }
-            return true;
-        }
-    }
-    false
-}
-
-/// `pickle.dumps(obj, 5)` when `obj` is plain data (see `is_plain`), else None. A queue's
-/// `put` pickles such objects this way: they hold nothing that `ForkingPickler`'s reducers
-/// would treat differently, and the one call costs far less than driving the reused pickler
-/// from Python (about 200 ns against 550 for a small tuple here).
-#[pyfunction]
-pub(crate) fn plain_dumps<'py>(
-    py: Python<'py>,
-    obj: &Bound<'py, PyAny>,
-) -> PyResult<Option<Bound<'py, PyBytes>>> {
-    static DUMPS: pyo3::sync::PyOnceLock<Py<PyAny>> = pyo3::sync::PyOnceLock::new();
-    let mut budget = PLAIN_BUDGET;
-    // SAFETY: `obj` is a live object and the interpreter is attached (we hold a Bound).
-    if !unsafe { is_plain(obj.as_ptr(), PLAIN_DEPTH, &mut budget) } {
-        return Ok(None);
-    }
-    let dumps = DUMPS.import(py, "pickle", "dumps")?;
-    Ok(Some(dumps.call1((obj, 5))?.cast_into::<PyBytes>()?))
-}
-
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_function(wrap_pyfunction!(plain_dumps, m)?)?;
     m.add_function(wrap_pyfunction!(pack_scalars, m)?)?;
     m.add_function(wrap_pyfunction!(unpack_scalars, m)?)?;
     Ok(())
