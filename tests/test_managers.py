@@ -311,6 +311,68 @@ def test_an_unrelated_clients_objects_are_freed_when_it_is_killed(client_mod):
         assert list(keep) == [1]
 
 
+_CRASHING_TCP_CLIENT = textwrap.dedent(
+    """
+    import os, sys
+    from {module} import BaseManager
+
+    class M(BaseManager):
+        pass
+
+    M.register("Store")
+    m = M(address=("127.0.0.1", int(sys.argv[1])), authkey=b"tcp")
+    m.connect()
+    stores = [m.Store() for _ in range(5)]
+    if os.fork() == 0:  # a child holding its own references too, then killed
+        extra = m.Store()
+        os.kill(os.getpid(), 9)
+    os.wait()
+    print(len(stores), flush=True)
+    os.kill(os.getpid(), 9)
+    """
+)
+
+
+@pytest.mark.parametrize("client_mod", ["rmp.managers", "multiprocessing.managers"])
+def test_a_tcp_clients_objects_are_freed_when_it_is_killed(client_mod):
+    """Over TCP the server cannot see a client's pid: an rmp client holds a lifeline
+    connection instead (one per process, a forked child its own), and its references are
+    dropped when that closes. A stdlib client has no lifeline: its references are counted
+    as the stdlib counts them, and stay."""
+
+    class M(rmp.managers.BaseManager):
+        pass
+
+    M.register("Store", dict)
+    m = M(address=("127.0.0.1", 0), authkey=b"tcp", ctx=rmp.get_context("fork"))
+    m.start()
+    try:
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                _CRASHING_TCP_CLIENT.format(module=client_mod),
+                str(m.address[1]),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == -9, out.stderr
+        assert out.stdout.strip() == "5"
+        if client_mod == "rmp.managers":
+            assert _wait_for(lambda: m._number_of_objects() == 0), m._debug_info()
+        else:
+            time.sleep(0.3)
+            assert m._number_of_objects() == 6  # the stdlib's behaviour, kept for its clients
+        # The server keeps serving.
+        s = m.Store()
+        s.update(a=1)
+        assert s.get("a") == 1
+    finally:
+        m.shutdown()
+
+
 def _write_segments(shm_name, sl_name):
     shm = shared_memory.SharedMemory(shm_name)
     shm.buf[:5] = b"hello"

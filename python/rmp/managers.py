@@ -19,6 +19,7 @@ import os
 import select as _select
 import socket as _socket
 import struct as _struct
+import sys as _sys
 import threading as _threading
 
 from rmp import util as _util
@@ -146,19 +147,34 @@ class _Holders:
                     continue
                 self._reap(fd)
 
+    def add_token(self, token, ident):
+        """Count a reference of the client process whose lifeline is ``token`` (a TCP
+        client of rmp). False: that lifeline is closed already."""
+        with self._lock:
+            if token in self._dead:
+                return False
+            idents = self._counts.setdefault(token, {})
+            idents[ident] = idents.get(ident, 0) + 1
+            return True
+
     def _reap(self, pidfd):
         with self._lock:
             pid = next(p for p, f in self._pidfds.items() if f == pidfd)
             del self._pidfds[pid]
-            idents = self._counts.pop(pid)
             self._poll.unregister(pidfd)
             os.close(pidfd)
-            self._dead[pid] = None
+        self.drop(pid)
+
+    def drop(self, key):
+        """Drop every reference the client ``key`` (a pid, or a lifeline token) holds."""
+        with self._lock:
+            idents = self._counts.pop(key, {})
+            self._dead[key] = None
             if len(self._dead) > 4096:
                 del self._dead[next(iter(self._dead))]
         dropped = sum(idents.values())
         if dropped:
-            _util.info("manager: process %d died holding %d reference(s): dropped", pid, dropped)
+            _util.info("manager: client %r gone holding %d reference(s): dropped", key, dropped)
         for ident, n in idents.items():
             for _ in range(n):
                 try:
@@ -196,7 +212,139 @@ def _decref(self, c, ident):
     _std_decref(self, c, ident)
 
 
+def _rmp_lifeline(self, c, token):
+    """A client process's lifeline (an rmp client over TCP, whose pid the server cannot
+    see): held open for the life of that process; when it closes, the process exited or
+    died, and the references counted under ``token`` are dropped."""
+    c.send(("#RETURN", None))
+    try:
+        while True:
+            c.recv()
+    except (EOFError, OSError):
+        pass
+    _holders(self).drop(token)
+    _sys.exit(0)  # as serve_client: handle_request closes the connection
+
+
+def _rmp_incref(self, c, ident, token):
+    _std_incref(self, c, ident)
+    if not _holders(self).add_token(token, ident):
+        _std_decref(self, None, ident)  # its lifeline closed while this was on its way
+
+
+def _rmp_decref(self, c, ident, token):
+    if _holders(self).remove(token, ident):
+        _std_decref(self, c, ident)
+
+
 _incref.__doc__ = "Count a reference to ``ident``, and which client process holds it."
 _decref.__doc__ = "Drop a reference to ``ident`` (the stdlib's logic), and its holder's count."
 _Server.incref = _incref
 _Server.decref = _decref
+_Server.rmp_lifeline = _rmp_lifeline
+_Server.rmp_incref = _rmp_incref
+_Server.rmp_decref = _rmp_decref
+_RMP_METHODS = ["rmp_lifeline", "rmp_incref", "rmp_decref"]
+_Server.public = _Server.public + _RMP_METHODS
+if "SharedMemoryServer" in globals():  # its `public` was copied from Server's
+    SharedMemoryServer.public = SharedMemoryServer.public + _RMP_METHODS  # noqa: F821
+
+
+# --- The client side of lifelines -------------------------------------------------------
+#
+# A proxy of a manager reached over TCP counts its references under this process's token,
+# and the process keeps one lifeline connection open to that manager (made on the first
+# reference). A stdlib server refuses the lifeline: the references are then counted as the
+# stdlib counts them. A forked child closes its copies of the parent's lifelines and makes
+# its own (its proxies incref again after the fork, as in the stdlib).
+
+_lifelines = {}  # address -> the token the server accepted, or None (no lifelines there)
+_lifeline_conns = []
+_lifeline_lock = _threading.Lock()
+_process_token = os.urandom(16).hex()
+
+
+def _forget_lifelines():
+    global _process_token, _lifeline_lock
+    for conn in _lifeline_conns:
+        try:
+            conn.close()
+        except OSError:
+            pass
+    _lifeline_conns.clear()
+    _lifelines.clear()
+    _process_token = os.urandom(16).hex()
+    _lifeline_lock = _threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_lifelines)
+
+
+def _lifeline(address, authkey, client):
+    """This process's lifeline token for the manager at ``address``, or None (a Unix
+    socket, whose server sees this process's pid; or a server without lifelines)."""
+    if not isinstance(address, tuple):
+        return None
+    with _lifeline_lock:
+        if address in _lifelines:
+            return _lifelines[address]
+        token = None
+        try:
+            conn = client(address, authkey=authkey)
+            try:
+                dispatch(conn, None, "rmp_lifeline", (_process_token,))  # noqa: F821
+            except BaseException:
+                conn.close()
+                raise
+            _lifeline_conns.append(conn)
+            token = _process_token
+        except Exception as e:  # noqa: BLE001 - a stdlib server: count as the stdlib does
+            _util.debug("manager at %r keeps no lifelines: %r", address, e)
+        _lifelines[address] = token
+        return token
+
+
+_BaseProxy = globals()["BaseProxy"]
+_std_proxy_decref = _BaseProxy._decref
+
+
+def _proxy_incref(self):
+    if self._owned_by_manager:
+        _util.debug("owned_by_manager skipped INCREF of %r", self._token.id)
+        return
+    lifeline = _lifeline(self._token.address, self._authkey, self._Client)
+    conn = self._Client(self._token.address, authkey=self._authkey)
+    if lifeline is None:
+        dispatch(conn, None, "incref", (self._id,))  # noqa: F821
+    else:
+        dispatch(conn, None, "rmp_incref", (self._id, lifeline))  # noqa: F821
+    _util.debug("INCREF %r", self._token.id)
+    self._idset.add(self._id)
+    state = self._manager and self._manager._state
+    self._close = _util.Finalize(
+        self,
+        _proxy_decref,
+        args=(self._token, self._authkey, state, self._tls, self._idset, self._Client, lifeline),
+        exitpriority=10,
+    )
+
+
+def _proxy_decref(token, authkey, state, tls, idset, client, lifeline):
+    if lifeline is None:
+        return _std_proxy_decref(token, authkey, state, tls, idset, client)
+    idset.discard(token.id)
+    if state is None or state.value == State.STARTED:  # noqa: F821
+        try:
+            _util.debug("DECREF %r", token.id)
+            conn = client(token.address, authkey=authkey)
+            dispatch(conn, None, "rmp_decref", (token.id, lifeline))  # noqa: F821
+        except Exception as e:  # noqa: BLE001 - as the stdlib's decref
+            _util.debug("... decref failed %s", e)
+    if not idset and hasattr(tls, "connection"):
+        tls.connection.close()
+        del tls.connection
+    return None
+
+
+_proxy_incref.__doc__ = "Count this proxy's reference, under this process's lifeline over TCP."
+_BaseProxy._incref = _proxy_incref
