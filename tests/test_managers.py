@@ -373,6 +373,63 @@ def test_a_tcp_clients_objects_are_freed_when_it_is_killed(client_mod):
         m.shutdown()
 
 
+_RESTART_CLIENT = textwrap.dedent(
+    """
+    import os, sys
+    from rmp.managers import BaseManager
+
+    class M(BaseManager):
+        pass
+
+    M.register("Store")
+    port = int(sys.argv[1])
+    first = M(address=("127.0.0.1", port), authkey=b"tcp")
+    first.connect()
+    kept = first.Store()
+    print("ready", flush=True)
+    sys.stdin.readline()  # the manager was restarted at the same address
+    second = M(address=("127.0.0.1", port), authkey=b"tcp")
+    second.connect()
+    stores = [second.Store() for _ in range(3)]
+    print(len(stores), flush=True)
+    os.kill(os.getpid(), 9)
+    """
+)
+
+
+def test_a_tcp_client_makes_a_new_lifeline_to_a_restarted_manager():
+    class M(rmp.managers.BaseManager):
+        pass
+
+    M.register("Store", dict)
+    m = M(address=("127.0.0.1", 0), authkey=b"tcp", ctx=rmp.get_context("fork"))
+    m.start()
+    port = m.address[1]
+    client = subprocess.Popen(
+        [sys.executable, "-c", _RESTART_CLIENT, str(port)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert client.stdout.readline().strip() == "ready"
+        m.shutdown()
+        m = M(address=("127.0.0.1", port), authkey=b"tcp", ctx=rmp.get_context("fork"))
+        m.start()
+        client.stdin.write("go\n")
+        client.stdin.flush()
+        assert client.stdout.readline().strip() == "3"
+        assert client.wait(60) == -9
+        assert _wait_for(lambda: m._number_of_objects() == 0), m._debug_info()
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait(30)
+        client.stdin.close()
+        client.stdout.close()
+        m.shutdown()
+
+
 def _write_segments(shm_name, sl_name):
     shm = shared_memory.SharedMemory(shm_name)
     shm.buf[:5] = b"hello"

@@ -259,14 +259,14 @@ if "SharedMemoryServer" in globals():  # its `public` was copied from Server's
 # its own (its proxies incref again after the fork, as in the stdlib).
 
 _lifelines = {}  # address -> the token the server accepted, or None (no lifelines there)
-_lifeline_conns = []
+_lifeline_conns = {}  # address -> the open lifeline
 _lifeline_lock = _threading.Lock()
 _process_token = os.urandom(16).hex()
 
 
 def _forget_lifelines():
     global _process_token, _lifeline_lock
-    for conn in _lifeline_conns:
+    for conn in _lifeline_conns.values():
         try:
             conn.close()
         except OSError:
@@ -286,6 +286,10 @@ def _lifeline(address, authkey, client):
     if not isinstance(address, tuple):
         return None
     with _lifeline_lock:
+        conn = _lifeline_conns.get(address)
+        if conn is not None and conn.poll(0):  # EOF: that server is gone (a restarted one?)
+            conn.close()
+            del _lifeline_conns[address], _lifelines[address]
         if address in _lifelines:
             return _lifelines[address]
         token = None
@@ -296,7 +300,7 @@ def _lifeline(address, authkey, client):
             except BaseException:
                 conn.close()
                 raise
-            _lifeline_conns.append(conn)
+            _lifeline_conns[address] = conn
             token = _process_token
         except Exception as e:  # noqa: BLE001 - a stdlib server: count as the stdlib does
             _util.debug("manager at %r keeps no lifelines: %r", address, e)
