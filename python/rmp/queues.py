@@ -60,7 +60,6 @@ _BYTES = 1
 _BYTEARRAY = 0x81
 _OOB = 0x82  # pickle protocol 5 with out-of-band buffers: header, pickle, buffers
 _PLAIN = 4  # plain data in rmp's own format (src/py/plain.rs): put_plain, put_many
-_DECODED = 0xFF  # Channel.get_obj: decoded already
 # Buffers smaller than this stay in band (framing them costs more than it saves).
 _OOB_MIN = 16 * 1024
 _ALIGN = 64
@@ -389,7 +388,7 @@ class Queue:
         # Plain data is encoded and committed by one call into the core.
         done = self._chan.put_many_plain(objs, block, timeout)
         if done is None:
-            done = self._chan.put_batch(*self._encode_many(objs), block, timeout)
+            done = self._chan.put_batch(_PICKLE, *self._pickle_many(objs), block, timeout)
         r = done[1]
         if r:
             self._put_status(r)
@@ -402,21 +401,19 @@ class Queue:
         enc = _plain_encode_many(objs)
         if enc is not None:
             return _PLAIN, enc[0], enc[1]
-        on_error = self._on_queue_feeder_error if self._custom_errors else None
-        return (_PICKLE, *_encode_many(objs, on_error))
+        return (_PICKLE, *self._pickle_many(objs))
+
+    def _pickle_many(self, objs):
+        """``(blob, bounds)`` of ``objs`` pickled by ``ForkingPickler``."""
+        return _encode_many(objs, self._on_queue_feeder_error if self._custom_errors else None)
 
     def get(self, block=True, timeout=None):
         """Remove and return the oldest object (``queue.Empty`` if none comes in time)."""
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
-        r = self._chan.get_obj(block, timeout)
+        r = self._chan.get_obj(block, timeout)  # decoded in the core: (obj,) or a status
         if r.__class__ is tuple:
-            tag, data = r
-            if tag == _DECODED:
-                return data
-            if tag == _BYTES and data.__class__ is bytes:
-                return data
-            return _decode(tag, data)
+            return r[0]
         raise Empty if r == _FULL else ShutDown
 
     def get_many(self, max_items, block=True, timeout=None):
@@ -639,12 +636,9 @@ class SimpleQueue:
         """Remove and return the next object, waiting for one."""
         if self._reader.closed:
             raise OSError("handle is closed")
-        r = self._chan.get_obj(True, None)
+        r = self._chan.get_obj(True, None)  # decoded in the core: (obj,) or a status
         if r.__class__ is tuple:
-            tag, data = r
-            if tag == _DECODED:
-                return data
-            return _decode(tag, data)
+            return r[0]
         raise ShutDown
 
     def put(self, obj):

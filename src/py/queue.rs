@@ -38,8 +38,6 @@ const PUT_SHUTDOWN: u8 = 2;
 const PUT_NOT_PLAIN: u8 = 255;
 /// The message tag of exact `bytes` (`rmp.queues._BYTES`).
 const TAG_BYTES: u8 = 1;
-/// `get_obj`: the message was decoded here; the second item is the object.
-const TAG_DECODED: u8 = 0xff;
 /// `get` results other than a message.
 const GET_EMPTY: u8 = 1;
 const GET_SHUTDOWN: u8 = 2;
@@ -353,6 +351,79 @@ impl Channel {
         })
     }
 
+    /// Waits as `get` does and takes up to `max` messages, each decoded as `Queue.get` gives
+    /// it: a plain message (copied under the lock into an arena, no `bytes` made) by
+    /// `plain::decode`, a pickle by `pickle.loads`, `bytes` as they are, any other kind by
+    /// `rmp.queues._decode`. The objects are made after the queue's lock is released.
+    fn get_decoded(
+        &self,
+        py: Python<'_>,
+        max: usize,
+        block: bool,
+        timeout: Option<f64>,
+    ) -> PyResult<Result<Vec<Py<PyAny>>, u8>> {
+        static LOADS: pyo3::sync::PyOnceLock<Py<PyAny>> = pyo3::sync::PyOnceLock::new();
+        static DECODE: pyo3::sync::PyOnceLock<Py<PyAny>> = pyo3::sync::PyOnceLock::new();
+        let me = Me::current();
+        let deadline = if block { deadline(timeout)? } else { None };
+        let links = self.chan.links();
+        let ring = self.chan.ring();
+        // One message: an arena chunk of its size; a batch: chunks shared by many.
+        let mut arena = Arena::new(if max == 1 { 0 } else { Arena::CHUNK });
+        let got = self.wait_for_some(py, block, deadline, || {
+            ring.try_pop_many_with(
+                &me,
+                Some(&links),
+                max,
+                |tag, len| {
+                    if tag == plain::TAG_PLAIN {
+                        let (span, p) = arena.alloc(len);
+                        Ok((Copied::Plain(span), p))
+                    } else {
+                        // As in `try_get_many`: no tracked object, so no collection here.
+                        alloc_message(py, tag, len).map(|(o, p)| (Copied::Obj(o), p))
+                    }
+                },
+                |_, _| {},
+            )
+            .map_err(|e| Error::from(e).into())
+        });
+        let popped = match got? {
+            Ok(v) => v,
+            Err(code) => return Ok(Err(code)),
+        };
+        let mut out = Vec::with_capacity(popped.len());
+        for p in popped {
+            let (tag, data) = match p {
+                Popped::Inline {
+                    data: Copied::Plain(span),
+                    ..
+                } => {
+                    out.push(plain::decode(py, arena.get(&span))?);
+                    continue;
+                }
+                Popped::Inline {
+                    tag,
+                    data: Copied::Obj(obj),
+                } => (tag, obj),
+                Popped::Fd { tag, fd, len } => (tag, fd_message(py, fd, len)?),
+            };
+            let is_bytes = data.bind(py).is_exact_instance_of::<PyBytes>();
+            out.push(match tag {
+                plain::TAG_PICKLE if is_bytes => LOADS
+                    .import(py, "pickle", "loads")?
+                    .call1((data,))?
+                    .unbind(),
+                TAG_BYTES if is_bytes => data,
+                _ => DECODE
+                    .import(py, "rmp.queues", "_decode")?
+                    .call1((tag, data))?
+                    .unbind(),
+            });
+        }
+        Ok(Ok(out))
+    }
+
     /// The waiting of `get`: `attempt` until it takes something (non-empty), the queue is
     /// shut down, or the deadline passes (the int status then).
     fn wait_for_some<T>(
@@ -439,14 +510,22 @@ fn fd_message(py: Python<'_>, fd: std::os::fd::OwnedFd, len: u64) -> PyResult<Py
     Ok(Py::new(py, Segment::from_core(seg))?.into_any())
 }
 
-/// Where `get_many_obj` copies messages out of the ring, under its lock: chunks of at least
-/// 64 KiB, zeroed when made and never grown (so the pointers handed out stay valid), one
-/// allocation for a whole batch of small messages instead of one each.
-#[derive(Default)]
+/// Where `get_decoded` copies plain messages out of the ring, under its lock: chunks zeroed
+/// when made and never grown (so the pointers handed out stay valid); for a batch, chunks of
+/// at least 64 KiB, one allocation for many small messages instead of one each.
 struct Arena {
     chunks: Vec<Vec<u8>>,
     /// Bytes handed out of the last chunk.
     used: usize,
+    /// Smallest chunk made.
+    min_chunk: usize,
+}
+
+/// Where `get_decoded` copied a message: a plain message into its arena, anything else into
+/// the `bytes` (or `bytearray`) that `get` returns.
+enum Copied {
+    Plain(Span),
+    Obj(Py<PyAny>),
 }
 
 /// A message's place in an [`Arena`].
@@ -459,10 +538,18 @@ struct Span {
 impl Arena {
     const CHUNK: usize = 64 << 10;
 
+    fn new(min_chunk: usize) -> Arena {
+        Arena {
+            chunks: Vec::new(),
+            used: 0,
+            min_chunk,
+        }
+    }
+
     /// `len` bytes for the pop to copy a message into.
     fn alloc(&mut self, len: usize) -> (Span, *mut u8) {
         if self.chunks.last().is_none_or(|c| c.len() - self.used < len) {
-            self.chunks.push(vec![0u8; len.max(Self::CHUNK)]);
+            self.chunks.push(vec![0u8; len.max(self.min_chunk)]);
             self.used = 0;
         }
         let chunk = self.chunks.len() - 1;
@@ -771,29 +858,17 @@ impl Channel {
         })
     }
 
-    /// `get`, decoding a pickle (`pickle.loads`) or a plain message itself: returns
-    /// `(255, obj)` then, and otherwise what `get` returns (`(tag, data)` for the caller to
-    /// decode, or the int status). The decoding runs after the queue's lock is released.
+    /// `get`, decoded here: a 1-tuple holding the object as `Queue.get` gives it, or the
+    /// int status (see `get_decoded`).
     #[pyo3(signature = (block=true, timeout=None))]
     fn get_obj(&self, py: Python<'_>, block: bool, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
-        static LOADS: pyo3::sync::PyOnceLock<Py<PyAny>> = pyo3::sync::PyOnceLock::new();
-        let me = Me::current();
-        let deadline = if block { deadline(timeout)? } else { None };
-        let msg = match self.get_some(py, &me, 1, block, deadline, None)? {
-            Ok(mut v) => v.pop().expect("get_some returns at least one"),
-            Err(code) => return Ok(code.into_pyobject(py)?.unbind().into_any()),
-        };
-        let pair = msg.bind(py).cast::<PyTuple>()?;
-        let tag: u8 = pair.get_item(0)?.extract()?;
-        let data = pair.get_item(1)?;
-        let obj = match (tag, data.cast_exact::<PyBytes>()) {
-            (plain::TAG_PLAIN, Ok(b)) => plain::decode(py, b.as_bytes())?,
-            (plain::TAG_PICKLE, Ok(b)) => {
-                LOADS.import(py, "pickle", "loads")?.call1((b,))?.unbind()
+        Ok(match self.get_decoded(py, 1, block, timeout)? {
+            Ok(mut v) => {
+                let obj = v.pop().expect("wait_for_some returns at least one");
+                PyTuple::new(py, [obj])?.unbind().into_any()
             }
-            _ => return Ok(msg),
-        };
-        Ok((TAG_DECODED, obj).into_pyobject(py)?.unbind().into_any())
+            Err(code) => code.into_pyobject(py)?.unbind().into_any(),
+        })
     }
 
     /// `get` for a pool worker: the message's last 16 bytes (job, index) are recorded
@@ -854,10 +929,8 @@ impl Channel {
         self.has_put.store(false, Ordering::Relaxed);
     }
 
-    /// `get_many`, decoded: up to `max_items` objects, each as `Queue.get` gives it (plain
-    /// messages and pickles decoded here, other kinds by `rmp.queues._decode`), or the int
-    /// status. The messages are copied out under the queue's lock into memory of this call,
-    /// and the objects are made after it is released.
+    /// `get_many`, decoded here: a list of up to `max_items` objects (see `get_decoded`),
+    /// or the int status.
     #[pyo3(signature = (max_items, block=true, timeout=None))]
     fn get_many_obj(
         &self,
@@ -866,63 +939,12 @@ impl Channel {
         block: bool,
         timeout: Option<f64>,
     ) -> PyResult<Py<PyAny>> {
-        static LOADS: pyo3::sync::PyOnceLock<Py<PyAny>> = pyo3::sync::PyOnceLock::new();
-        static DECODE: pyo3::sync::PyOnceLock<Py<PyAny>> = pyo3::sync::PyOnceLock::new();
-        let me = Me::current();
-        let deadline = if block { deadline(timeout)? } else { None };
-        let links = self.chan.links();
-        let ring = self.chan.ring();
-        let mut arena = Arena::default();
-        let got = self.wait_for_some(py, block, deadline, || {
-            ring.try_pop_many_with(
-                &me,
-                Some(&links),
-                max_items.max(1),
-                |_, len| Ok(arena.alloc(len)),
-                |_, _| {},
-            )
-            .map_err(|e| Error::from(e).into())
-        })?;
-        let popped = match got {
-            Ok(v) => v,
-            Err(code) => return Ok(code.into_pyobject(py)?.unbind().into_any()),
-        };
-        let out = PyList::empty(py);
-        for p in popped {
-            let obj = match p {
-                Popped::Inline { tag, data } => {
-                    let bytes = arena.get(&data);
-                    match tag {
-                        plain::TAG_PLAIN => plain::decode(py, bytes)?,
-                        plain::TAG_PICKLE => LOADS
-                            .import(py, "pickle", "loads")?
-                            .call1((PyBytes::new(py, bytes),))?
-                            .unbind(),
-                        TAG_BYTES => PyBytes::new(py, bytes).into_any().unbind(),
-                        _ => {
-                            let data: Bound<'_, PyAny> = if tag & TAG_WRITABLE != 0 {
-                                PyByteArray::new(py, bytes).into_any()
-                            } else {
-                                PyBytes::new(py, bytes).into_any()
-                            };
-                            DECODE
-                                .import(py, "rmp.queues", "_decode")?
-                                .call1((tag, data))?
-                                .unbind()
-                        }
-                    }
-                }
-                Popped::Fd { tag, fd, len } => {
-                    let data = fd_message(py, fd, len)?;
-                    DECODE
-                        .import(py, "rmp.queues", "_decode")?
-                        .call1((tag, data))?
-                        .unbind()
-                }
-            };
-            out.append(obj)?;
-        }
-        Ok(out.unbind().into_any())
+        Ok(
+            match self.get_decoded(py, max_items.max(1), block, timeout)? {
+                Ok(v) => PyList::new(py, v)?.unbind().into_any(),
+                Err(code) => code.into_pyobject(py)?.unbind().into_any(),
+            },
+        )
     }
 
     /// `put_many` of plain data: every object of the list or tuple `objs` in the plain
