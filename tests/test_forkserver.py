@@ -151,3 +151,37 @@ def test_spare_exits_when_its_server_is_killed():
         os.kill(spares[0], signal.SIGKILL)
         pytest.fail("the idle spare outlived its fork server")
     assert _run(ctx, 6) == 6  # and a new server serves again
+
+
+def test_socket_default_timeout_does_not_reach_rmp_sockets(tmp_path):
+    """``socket.setdefaulttimeout()`` in the program must not make the fork server's
+    sockets, or a manager connection, time out (CPython's TestTimeouts sets 0.1 s, shorter
+    than a server start); in a fresh interpreter, so that the server starts under it."""
+    code = textwrap.dedent(
+        """
+        import socket, rmp
+        def child(conn):
+            conn.send(123)
+        if __name__ == "__main__":
+            socket.setdefaulttimeout(0.01)
+            ctx = rmp.get_context("forkserver")
+            for _ in range(3):
+                a, b = ctx.Pipe()
+                p = ctx.Process(target=child, args=(b,))
+                p.start()
+                assert a.poll(60) and a.recv() == 123
+                p.join()
+                assert p.exitcode == 0, p.exitcode
+            with ctx.Manager() as m:
+                d = m.dict()
+                d["x"] = 1
+                assert d.copy() == {"x": 1}
+            print("ok")
+        """
+    )
+    script = tmp_path / "default_timeout.py"
+    script.write_text(code)
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=90
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

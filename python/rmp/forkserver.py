@@ -91,6 +91,9 @@ class ForkServer:
             raise ValueError("too many fds")
         client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
+            # Blocking whatever socket.setdefaulttimeout() says: the server may take a while
+            # to answer (it may be starting).
+            client.setblocking(True)
             client.connect(self._address)
             socket.send_fds(client, [_REQUEST.pack(len(data))], list(fds))
             client.sendall(data)
@@ -124,6 +127,7 @@ class ForkServer:
             except FileNotFoundError:
                 pass
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            listener.setblocking(True)
             alive_r = alive_w = None
             try:
                 listener.bind(address)
@@ -211,6 +215,7 @@ def main(listener_fd, alive_r, preload, main_path=None, sys_path=None, sys_argv=
     # Drained until EAGAIN below (socket.recv_fds ignores its flags argument).
     ctl.setblocking(False)
     listener = socket.socket(socket.AF_UNIX, fileno=listener_fd)
+    listener.setblocking(True)
     spare = None
     server_pid = os.getpid()
 
@@ -265,6 +270,7 @@ def main(listener_fd, alive_r, preload, main_path=None, sys_path=None, sys_argv=
                         continue
                     (pid,) = _HELLO.unpack(msg)
                     conn = socket.socket(socket.AF_UNIX, fileno=fds[0])
+                    conn.setblocking(True)
                     if pid == spare:
                         spare = None
                     if pid in exited:
@@ -333,6 +339,7 @@ def _spare(listener, alive_r, ctl, handlers, old_wakeup, server_pid):
                 return 0  # the owner or the server is gone: nothing will ever come
             try:
                 conn, _ = listener.accept()
+                conn.setblocking(True)  # whatever socket.setdefaulttimeout() says
                 break
             except (BlockingIOError, InterruptedError):
                 continue

@@ -14,6 +14,7 @@ of the module's state of its own (the classes' registries, the ``listener_client
 the stdlib's managers are left untouched.
 """
 
+import fcntl as _fcntl
 import multiprocessing.managers as _std
 import os
 import select as _select
@@ -65,11 +66,16 @@ def _peer_pid(c):
         fd = c.fileno()
     except (AttributeError, OSError, ValueError):
         return None
+    # A socket object made while socket.setdefaulttimeout() is set puts its descriptor in
+    # non-blocking mode, and the duplicate shares that mode with the connection's: put the
+    # flags back afterwards.
     try:
+        flags = _fcntl.fcntl(fd, _fcntl.F_GETFL)
         s = _socket.socket(fileno=os.dup(fd))
     except OSError:
         return None
     try:
+        _fcntl.fcntl(fd, _fcntl.F_SETFL, flags)
         if s.family != _socket.AF_UNIX:
             return None
         pid = _UCRED.unpack(s.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, _UCRED.size))[0]
