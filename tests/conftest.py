@@ -25,6 +25,12 @@ IMPLEMENTATIONS = {"multiprocessing": multiprocessing, "rmp": rmp}
 _GRACE = 5.0
 
 
+def pytest_collection_modifyitems(session, config, items):
+    """Tests marked ``ray`` run last: once a Ray driver runs in this process, the others
+    should not have to fork it."""
+    items.sort(key=lambda item: item.get_closest_marker("ray") is not None)
+
+
 @pytest.fixture(params=START_METHODS)
 def start_method(request):
     """Each start method in turn."""

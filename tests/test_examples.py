@@ -32,8 +32,16 @@ EXPECTED = {
     "sync_primitives.py": ["results: [0, 10, 20] done: 3"],
     "named_shared_memory.py": ["b'HELLO'"],
     "pool_worker_crash.py": [
-        "results: [0, 1, 4, 'lost (SIGKILL)', 16, 25]",
+        "results: [0, 1, 4, 'lost', 16, 25]",
         "pool still works: [1, 2, 3]",
+    ],
+    "pool_tasks.py": [
+        "scaled: [0, 10, 20, 30, 40, 50, 60, 70]",
+        "words: 900",
+        "unordered: [0, 10, 20, 30, 40]",
+        "starmap: [32, 27]",
+        "callback: [40]",
+        "error: negative: -2 | cause: RemoteTraceback",
     ],
     "joinable_pipeline.py": [
         "sums: %s" % [i * 100_000 for i in range(12)],

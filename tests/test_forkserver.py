@@ -181,7 +181,5 @@ def test_socket_default_timeout_does_not_reach_rmp_sockets(tmp_path):
     )
     script = tmp_path / "default_timeout.py"
     script.write_text(code)
-    out = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=90
-    )
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=90)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

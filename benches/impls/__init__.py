@@ -85,6 +85,13 @@ register(
     doc="mpire's WorkerPool as a Pool (pool scenarios only)",
 )
 register(
+    "rmp-ray",
+    "ray",
+    adapter="impls.ray_adapter",
+    groups=("cluster",),
+    doc="rmp's Pool on a local Ray instance (cluster scenarios only; the 'ray' extra)",
+)
+register(
     "broken",
     "impls.broken",
     default=False,

@@ -206,6 +206,10 @@ class BaseContext:
         try:
             ctx = _concrete_contexts[method]
         except KeyError:
+            if method in _CLUSTER_CONTEXTS:
+                from . import cluster
+
+                return cluster.get_context(method)
             raise ValueError("cannot find context for %r" % method) from None
         ctx._check_available()
         return ctx
@@ -275,6 +279,37 @@ class DefaultContext(BaseContext):
     def get_start_method(self, allow_none=False):
         return self._std.get_start_method(allow_none)
 
+    def Pool(
+        self,
+        processes=None,
+        initializer=None,
+        initargs=(),
+        maxtasksperchild=None,
+        *,
+        task_timeout=None,
+    ):
+        """A pool of worker processes (``rmp.pool.Pool``) that never hangs on a dead worker;
+        with ``RMP_POOL_BACKEND=ray`` in the environment, a pool on a Ray cluster instead
+        (``rmp.get_context("ray").Pool``: see ``rmp.cluster``)."""
+        backend = os.environ.get("RMP_POOL_BACKEND", "")
+        if backend in _CLUSTER_CONTEXTS:
+            return self.get_context(backend).Pool(
+                processes, initializer, initargs, maxtasksperchild, task_timeout=task_timeout
+            )
+        if backend not in ("", "local"):
+            raise ValueError(
+                "RMP_POOL_BACKEND=%r: expected 'local' or one of %s"
+                % (backend, ", ".join(sorted(_CLUSTER_CONTEXTS)))
+            )
+        return BaseContext.Pool(
+            self,
+            processes,
+            initializer,
+            initargs,
+            maxtasksperchild,
+            task_timeout=task_timeout,
+        )
+
     def get_all_start_methods(self):
         """The supported start methods, default first."""
         default = self._default_context._name
@@ -335,6 +370,9 @@ class ForkServerContext(BaseContext):
     _name = "forkserver"
     Process = ForkServerProcess
 
+
+# Contexts whose Pool runs on a cluster engine (``rmp.cluster``): not start methods.
+_CLUSTER_CONTEXTS = frozenset(("ray",))
 
 _concrete_contexts = {
     "fork": ForkContext(),

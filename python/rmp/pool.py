@@ -910,22 +910,7 @@ class Pool:
         self._initargs = initargs
         if processes is None:
             processes = _cpu_count()
-        if processes < 1:
-            raise ValueError("Number of processes must be at least 1")
-        if maxtasksperchild is not None:
-            if not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0:
-                raise ValueError("maxtasksperchild must be a positive int or None")
-        if initializer is not None and not callable(initializer):
-            raise TypeError("initializer must be a callable")
-        if task_timeout is not None:
-            task_timeout = float(task_timeout)
-            if not task_timeout > 0:
-                raise ValueError("task_timeout must be a positive number of seconds or None")
-        self._task_timeout = task_timeout
-        self._processes = processes
-        self._lock = threading.RLock()  # the state, the feeders count, the stop messages
-        self._feeders = 0  # imap feeding threads running
-        self._stops_sent = False
+        self._check_args(processes, initializer, maxtasksperchild, task_timeout)
         self._stopped = 0  # workers that took a stop message
         self._early_deaths = 0  # workers in a row that died before taking a task
         self._respawn_at = 0.0  # no replacement before this time.monotonic()
@@ -955,6 +940,26 @@ class Pool:
         self._terminate = util.Finalize(
             self, self._terminate_pool, args=(_TerminateState(self),), exitpriority=15
         )
+
+    def _check_args(self, processes, initializer, maxtasksperchild, task_timeout):
+        """Checks the constructor's arguments as the stdlib does and sets the state every
+        pool shares (the cluster pools of ``rmp.cluster`` too)."""
+        if processes < 1:
+            raise ValueError("Number of processes must be at least 1")
+        if maxtasksperchild is not None:
+            if not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0:
+                raise ValueError("maxtasksperchild must be a positive int or None")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if task_timeout is not None:
+            task_timeout = float(task_timeout)
+            if not task_timeout > 0:
+                raise ValueError("task_timeout must be a positive number of seconds or None")
+        self._task_timeout = task_timeout
+        self._processes = processes
+        self._lock = threading.RLock()  # the state, the feeders count, the stop messages
+        self._feeders = 0  # imap feeding threads running
+        self._stops_sent = False
 
     # -- transport (processes; ThreadPool overrides) --------------------------------------
 
