@@ -329,3 +329,64 @@ def test_examples_give_the_same_output_on_the_cluster(cluster, name):
     on_ray = run({"RMP_POOL_BACKEND": "ray", "RAY_ADDRESS": cluster})
     assert on_ray == local
     assert local
+
+
+def test_work_fails_when_no_worker_can_start(ctx):
+    # Actors asking for a resource the cluster does not have are never placed.
+    pool = ctx.Pool(1, ray_remote_args={"resources": {"no-such-resource": 1}})
+    pool.start_timeout = 2.0
+    try:
+        with pytest.raises(WorkerLostError, match="no worker of this Ray pool became ready"):
+            pool.apply(_square, (2,))
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def _script_run(cluster, path, *args, cwd=None):
+    env = dict(os.environ, RMP_POOL_BACKEND="ray", RAY_ADDRESS=cluster)
+    return subprocess.run(
+        [sys.executable, *args, str(path)] if path else [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        timeout=150,
+        cwd=cwd,
+        env=env,
+    )
+
+
+def test_a_script_that_makes_its_pool_unguarded_gets_an_error_not_a_hang(cluster, tmp_path):
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "import rmp\n"
+        "def f(x):\n"
+        "    return x * x\n"
+        "pool = rmp.Pool(1)\n"  # runs again in every worker that imports the script
+        "try:\n"
+        "    print(pool.map(f, range(4)))\n"
+        "except Exception as e:\n"
+        "    print(type(e).__name__, e)\n"
+        "pool.terminate()\n"
+    )
+    out = _script_run(cluster, script, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "WorkerLostError" in out.stdout and "if __name__ == '__main__'" in out.stdout
+
+
+def test_a_module_run_with_dash_m(cluster, tmp_path):
+    pkg = tmp_path / "pkgdemo"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "helpers.py").write_text("def double(x):\n    return 2 * x\n")
+    (pkg / "main.py").write_text(
+        "import rmp\n"
+        "from .helpers import double\n"
+        "def work(x):\n"
+        "    return double(x) + 1\n"
+        "if __name__ == '__main__':\n"
+        "    with rmp.Pool(2) as pool:\n"
+        "        print(pool.map(work, range(5)))\n"
+    )
+    out = _script_run(cluster, None, "-m", "pkgdemo.main", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.splitlines()[-1] == "[1, 3, 5, 7, 9]"

@@ -903,6 +903,9 @@ class Pool:
         # Set early so that __del__ works if __init__ raises.
         self._pool = []
         self._state = INIT
+        cluster = sys.modules.get("rmp.cluster.ray")
+        if cluster is not None:  # in a Ray pool's worker, importing the main script?
+            cluster._check_not_importing_main()
         self._ctx = context or _default_context()
         self._cache = _PoolCache()
         self._maxtasksperchild = maxtasksperchild

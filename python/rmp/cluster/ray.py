@@ -52,7 +52,7 @@ import weakref
 
 import ray
 from ray import cloudpickle
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import RayActorError, RayError, RayTaskError
 
 from .. import pool as _pool
 from .. import util
@@ -135,24 +135,51 @@ def _dumps(obj):
 
 
 def _main_path():
-    """The driver's main script, if it is a file the workers can import (not ``-c``, not an
-    interactive session)."""
-    path = getattr(sys.modules["__main__"], "__file__", None)
-    return None if path is None else os.path.abspath(path)
+    """How a worker finds the driver's main script: ``("name", "pkg.mod")`` for
+    ``python -m pkg.mod``, ``("path", "/abs/script.py")`` for a script, None when there is no
+    file to import (``-c``, an interactive session)."""
+    main = sys.modules["__main__"]
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name and spec.name != "__main__":
+        return ("name", spec.name)
+    path = getattr(main, "__file__", None)
+    return None if path is None else ("path", os.path.abspath(path))
 
 
-def _import_main(path):
+# True in a worker while it imports the driver's script.
+_importing_main = False
+
+
+def _check_not_importing_main():
+    if _importing_main:
+        raise RuntimeError(
+            "a Ray pool worker imports the main script to find its functions, and the script "
+            "made a Pool while being imported: put the code that makes the pool under "
+            "`if __name__ == '__main__':` (as the spawn start method requires)"
+        )
+
+
+def _import_main(where):
     """In a worker: the driver's script as ``__rmp_main__``, once per process."""
-    if path is None or _MAIN in sys.modules:
+    global _importing_main
+    if where is None or _MAIN in sys.modules:
         return
-    spec = importlib.util.spec_from_file_location(_MAIN, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[_MAIN] = module
+    kind, value = where
+    _importing_main = True
     try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[_MAIN]
-        raise
+        if kind == "name":
+            sys.modules[_MAIN] = importlib.import_module(value)
+            return
+        spec = importlib.util.spec_from_file_location(_MAIN, value)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[_MAIN] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[_MAIN]
+            raise
+    finally:
+        _importing_main = False
 
 
 class _Worker:
@@ -183,7 +210,9 @@ class _Worker:
             if kind == _CALL_KW:
                 return True, func(*args[0], **args[1])
             return True, [func(*a) for a in args]
-        except Exception as e:
+        except BaseException as e:
+            # SystemExit and KeyboardInterrupt too: the task fails with it and the worker
+            # lives, as with the local pool.
             return False, ExceptionWithTraceback(e, e.__traceback__)
 
 
@@ -263,16 +292,28 @@ def _kill(actor):
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
+def _creation_failed(err):
+    """Whether ``err`` says that an actor's constructor raised (an initializer, the import
+    of the main script)."""
+    return isinstance(err, RayActorError) and "creation task" in str(err)
+
+
 def _reason(err):
     """What Ray says about a dead actor, in a line: why its process died, or the exception
-    its creation (the initializer) raised."""
+    its construction raised."""
     lines = [line.strip() for line in _ANSI.sub("", str(err)).splitlines() if line.strip()]
     for line in lines:
         if line.startswith("The actor is dead"):
             return line.split(" Some common causes")[0]
-    if lines and "creation task" in lines[0]:
-        return "its initializer raised " + lines[-1]
+    if lines and _creation_failed(err):
+        return "starting it raised " + lines[-1]
     return lines[0] if lines else type(err).__name__
+
+
+def _is_death(err):
+    """Whether a task's error means its actor is gone (or may be): anything Ray raises that
+    is not the task's own error (``RayTaskError``) makes the slot's actor suspect."""
+    return isinstance(err, RayError) and not isinstance(err, RayTaskError)
 
 
 class Pool(_pool.Pool):
@@ -295,6 +336,7 @@ class Pool(_pool.Pool):
         self._ctx = context
         self._cache = _PoolCache()
         self._maxtasksperchild = maxtasksperchild
+        _check_not_importing_main()
         if not ray.is_initialized():
             ray.init()  # RAY_ADDRESS if set, else a local instance
         if processes is None:
@@ -318,6 +360,7 @@ class Pool(_pool.Pool):
         self._early_deaths = 0
         self._respawn_at = 0.0
         self._broken = False
+        self._unready_since = None  # since when no worker has been ready (start_timeout)
         self._waker = _Wake(self._events)
         self._pool = [_Slot(i) for i in range(processes)]
         try:
@@ -430,7 +473,13 @@ class Pool(_pool.Pool):
                 if not pending:
                     break
                 if self._room(slot):
-                    self._launch(slot, pending.popleft())
+                    entry = pending.popleft()
+                    try:
+                        self._launch(slot, entry)
+                    except Exception as e:
+                        # Ray refused the call (shut down, disconnected...): this task fails
+                        # with that error rather than wait for a Ray that will not come back.
+                        self._post_result(entry.job, entry.index, (False, e))
                     gave = True
             if not gave:
                 break
@@ -446,6 +495,11 @@ class Pool(_pool.Pool):
         fut.add_done_callback(lambda f: events.put((_DONE, slot, entry, f)))
 
     # -- the supervisor ------------------------------------------------------------------
+
+    # Seconds that work may wait while no worker of the pool is ready (its actors cannot be
+    # placed: the cluster's CPUs are held by other pools or tasks, or a ``ray_remote_args``
+    # resource does not exist) before it fails instead of waiting forever.
+    start_timeout = 60.0
 
     def _supervise_once(self):
         if self._state == TERMINATE:
@@ -467,13 +521,13 @@ class Pool(_pool.Pool):
             if self._state == TERMINATE:
                 return False
             for event in events:
-                if event[0] == _READY:
-                    self._on_ready(*event[1:])
-                elif event[0] == _DONE:
-                    self._on_done(*event[1:])
-                elif event[0] == _PONG:
-                    self._on_pong(*event[1:])
-            events = None
+                # One event's failure must not drop the others (a dropped completion would
+                # leave its task in flight forever).
+                try:
+                    self._on_event(event)
+                except Exception:
+                    sys.excepthook(*sys.exc_info())
+            events = event = None
             self._check_timeouts()
             self._ping_idle()
             if time.monotonic() >= self._respawn_at and self._needs_workers():
@@ -481,6 +535,7 @@ class Pool(_pool.Pool):
                     if slot.actor is None:
                         self._start_actor(slot)
             self._pump()
+            self._check_start()
             if self._state == CLOSE and self._stops_sent and not self._has_work():
                 for slot in self._pool:
                     if slot.actor is not None:
@@ -489,6 +544,15 @@ class Pool(_pool.Pool):
                 self._post_result(_FINISH, 0, None)
                 return False
         return True
+
+    def _on_event(self, event):
+        kind = event[0]
+        if kind == _READY:
+            self._on_ready(*event[1:])
+        elif kind == _DONE:
+            self._on_done(*event[1:])
+        elif kind == _PONG:
+            self._on_pong(*event[1:])
 
     def _on_ready(self, slot, gen, fut):
         if slot.gen != gen:
@@ -502,6 +566,31 @@ class Pool(_pool.Pool):
         slot.seen = time.monotonic()
         self._early_deaths = 0
         self._broken = False
+        self._unready_since = None
+
+    def _check_start(self):
+        """Fail what is pending when no worker has been ready for ``start_timeout``."""
+        if any(slot.ready for slot in self._pool):
+            self._unready_since = None
+            return
+        now = time.monotonic()
+        if self._unready_since is None:
+            self._unready_since = now
+            return
+        if not self._pending or now - self._unready_since < self.start_timeout:
+            return
+        try:
+            free = ray.available_resources()
+        except Exception:
+            free = "unknown"
+        exc = WorkerLostError(
+            "no worker of this Ray pool became ready in %gs: the cluster has no room for its "
+            "actors (each asks for %s; available now: %s), or they cannot start"
+            % (self.start_timeout, self._actor_options, free)
+        )
+        self._unready_since = now
+        self._pending.clear()
+        self._post_result(_BROKEN, 0, exc)
 
     def _ping_idle(self):
         now = time.monotonic()
@@ -515,20 +604,38 @@ class Pool(_pool.Pool):
     def _on_pong(self, slot, gen, fut):
         if slot.gen != gen or slot.ping is not fut:
             return
-        if isinstance(fut.exception(), RayActorError):
-            # Died idle: whatever was given to it after the ping never started.
-            self._pending.extendleft(reversed(slot.inflight))
+        if _is_death(fut.exception()):
+            # Died idle: what was given to it after the ping never started.
+            self._requeue(slot.inflight)
             self._retire(slot)
             return
         slot.ping = None
         slot.seen = time.monotonic()
 
+    def _requeue(self, entries):
+        """Put tasks that never started back at the front of the queue (one whose result
+        did come meanwhile is delivered instead)."""
+        back = []
+        for entry in entries:
+            fut = entry.fut
+            if fut is not None and fut.done() and not _is_death(fut.exception()):
+                self._deliver(entry, fut)
+            else:
+                entry.fut = None
+                back.append(entry)
+        self._pending.extendleft(reversed(back))
+
     def _early_death(self, slot, err):
-        """An actor died before it was ready (its initializer raised, it could not start):
-        replacements come later and later (up to 2 s), and once as many as the pool has
-        died so in a row, what is pending fails (as with the local pool)."""
+        """An actor died before it was ready. When its construction raised (the initializer,
+        or the import of the main script), replacements come later and later (up to 2 s),
+        and once as many as the pool has died so in a row, what is pending fails (as with the
+        local pool); any other death (killed, its node lost) is replaced at once."""
         slot.actor = None
         slot.ready = False
+        if not _creation_failed(err):
+            if self._needs_workers():
+                self._start_actor(slot)
+            return
         self._early_deaths += 1
         n = self._early_deaths
         self._respawn_at = time.monotonic() + min(0.05 * 2 ** min(n - 1, 6), 2.0)
@@ -543,16 +650,19 @@ class Pool(_pool.Pool):
             self._post_result(_BROKEN, 0, exc)
 
     def _on_done(self, slot, entry, fut):
-        if entry not in slot.inflight:
-            return  # handled with its actor's death
+        if entry.fut is not fut or entry not in slot.inflight:
+            return  # handled with its actor's death, or an earlier run of a requeued task
         err = fut.exception()
-        if isinstance(err, RayActorError):
+        if _is_death(err):
             self._actor_died(slot, err)
             return
         slot.inflight.remove(entry)
         slot.seen = time.monotonic()
         self._deliver(entry, fut)
-        if slot.inflight:
+        if slot.timed_out is not None:
+            # Killed for task_timeout as the task finished: the actor is gone or going.
+            self._retire(slot)
+        elif slot.inflight:
             slot.head_started = time.monotonic()
         elif self._maxtasksperchild is not None and slot.assigned >= self._maxtasksperchild:
             self._retire(slot)
@@ -582,29 +692,26 @@ class Pool(_pool.Pool):
         if ping is not None:
             try:
                 ping.result(timeout=5.0)
-            except RayActorError:
-                # It died before it answered the ping: nothing given after it started.
-                self._pending.extendleft(reversed(entries))
-                self._retire(slot)
-                return
-            except Exception:
-                pass
+            except Exception as e:
+                if _is_death(e) or isinstance(e, concurrent.futures.TimeoutError):
+                    # It died before it answered the ping: nothing given after it started.
+                    self._requeue(entries)
+                    self._retire(slot)
+                    return
         lost = None
+        requeue = []
         for k, entry in enumerate(entries):
             try:
                 # Results sent before the death may still be on their way.
                 entry.fut.result(timeout=5.0)
-            except RayActorError as e:
-                lost, err, requeue = entry, e, entries[k + 1 :]
-                break
             except concurrent.futures.TimeoutError:
                 lost, requeue = entry, entries[k + 1 :]
                 break
-            except Exception:
-                pass
+            except Exception as e:
+                if _is_death(e):
+                    lost, err, requeue = entry, e, entries[k + 1 :]
+                    break
             self._deliver(entry, entry.fut)
-        else:
-            requeue = []
         if lost is not None:
             if slot.timed_out is lost:
                 exc = TaskTimeoutError(
@@ -622,7 +729,7 @@ class Pool(_pool.Pool):
                 )
                 exc.__cause__ = err
             self._post_result(_LOST, 0, (lost.job, lost.index, exc))
-        self._pending.extendleft(reversed(requeue))
+        self._requeue(requeue)
         self._retire(slot)
 
     def _next_deadline(self):
@@ -642,9 +749,13 @@ class Pool(_pool.Pool):
             return
         now = time.monotonic()
         for slot in self._pool:
-            if slot.inflight and slot.timed_out is None and now - slot.head_started >= t:
-                slot.timed_out = slot.inflight[0]
-                _kill(slot.actor)  # its tasks' futures fail: _actor_died
+            if not slot.inflight or slot.timed_out is not None:
+                continue
+            head = slot.inflight[0]
+            if now - slot.head_started >= t and not head.fut.done():
+                slot.timed_out = head
+                slot.ready = False  # nothing more for it: its tasks' futures fail
+                _kill(slot.actor)
 
     # -- the API -------------------------------------------------------------------------
 
