@@ -472,3 +472,29 @@ def test_os_errors_carry_errno_and_subclass():
     with pytest.raises(ProcessLookupError) as info:
         rmp._core.ProcessHandle(2**22 + 12345)  # no such pid
     assert info.value.errno == 3
+
+
+def _register_atexit_writer(path):
+    import atexit
+
+    def write():
+        with open(path, "w") as f:
+            f.write("ran")
+
+    atexit.register(write)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_child_atexit_handlers_follow_the_running_python(method, tmp_path):
+    """From 3.13 (gh-83856) a child runs the ``atexit`` handlers it registered, whatever the
+    start method; before, only spawned children did (forked ones left through os._exit)."""
+    import multiprocessing.popen_fork as std_popen_fork
+
+    path = tmp_path / "out.txt"
+    p = rmp.get_context(method).Process(target=_register_atexit_writer, args=(str(path),))
+    p.start()
+    p.join(30)
+    assert p.exitcode == 0
+    runs_them = method == "spawn" or "atexit" in vars(std_popen_fork)
+    assert path.exists() == runs_them

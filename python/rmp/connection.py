@@ -335,6 +335,8 @@ MESSAGE_LENGTH = 40  # random bytes in a challenge; must stay above the legacy 2
 CHALLENGE = b"#CHALLENGE#"
 WELCOME = b"#WELCOME#"
 FAILURE = b"#FAILURE#"
+# The names CPython uses from 3.12 (its tests build fake peers from them).
+_CHALLENGE, _WELCOME, _FAILURE = CHALLENGE, WELCOME, FAILURE
 _ALLOWED_DIGESTS = frozenset({b"md5", b"sha256", b"sha384", b"sha3_256", b"sha3_384"})
 _MAX_DIGEST_LEN = max(len(d) for d in _ALLOWED_DIGESTS)
 _LEGACY_LENGTHS = (20, 16)  # a legacy challenge, a legacy (raw HMAC-MD5) response

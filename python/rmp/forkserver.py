@@ -233,12 +233,16 @@ def main(listener_fd, alive_r, preload, main_path=None, sys_path=None, sys_argv=
             ctl.close()
             for fd in (sig_r, sig_w):
                 os.close(fd)
+            util._child_atexit_begin()
             code = _spare(listener, alive_r, ctl_spare, handlers, old_wakeup, server_pid)
         except BaseException:
             sys.excepthook(*sys.exc_info())
             sys.stderr.flush()
         finally:
-            os._exit(code)
+            try:
+                util._child_atexit_end()
+            finally:
+                os._exit(code)
 
     def report(conn, code):
         try:

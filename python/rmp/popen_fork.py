@@ -97,9 +97,13 @@ class Popen:
         self.pid = os.fork()
         if self.pid == 0:
             try:
+                util._child_atexit_begin()
                 code = process_obj._bootstrap(parent_sentinel=parent_sentinel)
             finally:
-                os._exit(code)
+                try:
+                    util._child_atexit_end()
+                finally:
+                    os._exit(code)
         else:
             self._set_handle(_core.ProcessHandle(self.pid))
 

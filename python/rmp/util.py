@@ -87,3 +87,34 @@ def spawnv_passfds(path, args, passfds):
     return _core.spawn(
         os.fsdecode(path), [os.fsdecode(a) for a in args], sorted(set(int(fd) for fd in passfds))
     )
+
+
+def _fork_child_atexit():
+    """Whether a forked child runs its own ``atexit`` handlers before it exits, as the running
+    CPython's ``multiprocessing`` does from 3.13 (gh-83856: its ``popen_fork`` clears the
+    inherited handlers, registers ``_exit_function`` and runs them): read from the stdlib
+    itself, so that patch releases that have the change (or not) are followed."""
+    import multiprocessing.popen_fork as std
+
+    return "atexit" in vars(std)
+
+
+FORK_CHILD_ATEXIT = _fork_child_atexit()
+
+
+def _child_atexit_begin():
+    """In a forked child, before the process object runs: drop the parent's ``atexit``
+    handlers (when the running CPython's children run theirs)."""
+    if FORK_CHILD_ATEXIT:
+        import atexit
+
+        atexit._clear()
+        atexit.register(_exit_function)
+
+
+def _child_atexit_end():
+    """In a forked child, right before ``os._exit``: run the handlers it registered."""
+    if FORK_CHILD_ATEXIT:
+        import atexit
+
+        atexit._run_exitfuncs()
