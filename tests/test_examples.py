@@ -35,6 +35,11 @@ EXPECTED = {
         "results: [0, 1, 4, 'lost', 16, 25]",
         "pool still works: [1, 2, 3]",
     ],
+    "pool_tqdm.py": ["sum of cubes: 396010000 True", "with progress=: 396010000"],
+    "numpy_queue.py": [
+        "sums: %s" % [i * 256 * 256 for i in range(8)],
+        "producer exit code: 0",
+    ],
     "pool_tasks.py": [
         "scaled: [0, 10, 20, 30, 40, 50, 60, 70]",
         "words: 900",
@@ -67,8 +72,10 @@ def test_every_example_is_listed():
 @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_example(name, method):
-    if name in ("numpy_shared_array.py", "joinable_pipeline.py"):
+    if name in ("numpy_shared_array.py", "joinable_pipeline.py", "numpy_queue.py"):
         pytest.importorskip("numpy")
+    if name == "pool_tqdm.py":
+        pytest.importorskip("tqdm")
     out = subprocess.run(
         [sys.executable, "-c", _RUNNER, method, str(EXAMPLES / name)],
         capture_output=True,
