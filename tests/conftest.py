@@ -81,6 +81,12 @@ def _helpers() -> set[int]:
     return pids
 
 
+def _helper_thread(t) -> bool:
+    """Threads that outlive tests by design: tqdm's monitor (one per process, started with
+    the first bar, ``progress=`` with tqdm installed)."""
+    return type(t).__name__ == "TMonitor"
+
+
 def _shm() -> set[str]:
     try:
         return set(os.listdir("/dev/shm"))
@@ -102,7 +108,11 @@ def _no_leaks():
             for pid, st in _children().items()
             if pid not in before_children and pid not in _helpers()
         }
-        threads = [t for t in threading.enumerate() if t not in before_threads and t.is_alive()]
+        threads = [
+            t
+            for t in threading.enumerate()
+            if t not in before_threads and t.is_alive() and not _helper_thread(t)
+        ]
         shm = _shm() - before_shm
         if not (leaked or threads or shm) or time.monotonic() > deadline:
             break

@@ -370,7 +370,29 @@ def test_a_script_that_makes_its_pool_unguarded_gets_an_error_not_a_hang(cluster
     )
     out = _script_run(cluster, script, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "WorkerLostError" in out.stdout and "if __name__ == '__main__'" in out.stdout
+    # The worker imports the script when it unpickles f: making a pool there raises, and
+    # the task fails with that error.
+    assert "RuntimeError" in out.stdout and "if __name__ == '__main__'" in out.stdout
+
+
+def test_a_main_script_without_py_suffix(cluster, tmp_path):
+    # As a console script (``pytest``, an entry point) is: the workers import it all the same.
+    script = tmp_path / "tool"
+    script.write_text(
+        "import rmp\n"
+        "BASE = 100\n"
+        "def init(extra):\n"
+        "    global BASE\n"
+        "    BASE += extra\n"
+        "def f(x):\n"
+        "    return BASE + x\n"
+        "if __name__ == '__main__':\n"
+        "    with rmp.Pool(2, initializer=init, initargs=(1000,)) as pool:\n"
+        "        print(pool.map(f, range(3)))\n"
+    )
+    out = _script_run(cluster, script, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.splitlines()[-1] == "[1100, 1101, 1102]"
 
 
 def test_a_module_run_with_dash_m(cluster, tmp_path):

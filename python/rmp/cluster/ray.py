@@ -11,15 +11,17 @@ The shape, and why:
   per task, but then the driver could not know which of the two a dead actor was running,
   and a task that crashes its worker could go back to the queue and crash the next.)
 - An idle actor is pinged every second, so that one that dies idle is replaced before a task
-  is given to it (a task given to it in the second before its death is noticed fails as
-  lost: the driver cannot tell that death from one at the task's start; a task queued
-  behind a ping that fails is known not to have started, and goes back to the queue).
+  is given to it, and a task given to an actor idle for more than 10 ms goes behind a ping:
+  if the actor died idle and the driver does not know it yet, the failed ping says that the
+  task never started, and it goes back to the queue instead of failing. (In a steady stream
+  of tasks, where each follows the last one's result, no ping is sent.)
 - Functions and classes of the main script are pickled by reference, and a worker imports
   the script (as ``__rmp_main__``: its ``if __name__ == "__main__":`` block does not run),
-  as the spawn start method does: an ``initializer`` that sets a global of the script is
-  seen by the script's task functions, as with the local pool. (Pickled by value, as Ray does by
-  default, each function would bring a globals dict of its own.) What the script does not
-  hold by name (a lambda, a nested function) is pickled by value.
+  as the spawn start method does, the first time a task or the initializer names something
+  of it: an ``initializer`` that sets a global of the script is seen by the script's task
+  functions, as with the local pool. (Pickled by value, as Ray does by default, each
+  function would bring a globals dict of its own.) What the script does not hold by name (a
+  lambda, a nested function) is pickled by value.
 - Arguments are pickled (cloudpickle) on the caller's thread, so an unpicklable argument
   raises at the call site as with the local pool; Ray stores an argument or result larger
   than its inline limit (100 KiB) in its object store, and a map's function, when large,
@@ -39,6 +41,7 @@ Linux and the platforms Ray supports; Ray itself is imported by this module only
 
 import collections
 import concurrent.futures
+import importlib.machinery
 import importlib.util
 import io
 import os
@@ -81,6 +84,9 @@ __all__ = ["Pool"]
 _DEPTH = 1
 # Seconds an actor may sit idle before it is pinged.
 _PING = 1.0
+# Seconds since an actor's last result after which a task given to it goes behind a ping
+# (a task that follows a result within the same pass of the supervisor does not).
+_PING_AHEAD = 0.01
 # A function part larger than this goes into the object store once per call.
 _FPART_INLINE = 64 << 10
 # Supervisor events.
@@ -92,10 +98,19 @@ _READY, _DONE, _WAKE, _PONG = 0, 1, 2, 3
 _MAIN = "__rmp_main__"
 
 
+# In a worker: where the driver's main script is (``_main_path()``), set by ``_Worker``.
+_where = None
+
+
 def _main_module():
     """The driver's main script as a module: ``__main__`` in the driver; in a worker, the
-    script imported as ``__rmp_main__`` (by ``_Worker``)."""
-    return sys.modules.get(_MAIN) or sys.modules["__main__"]
+    script imported as ``__rmp_main__``, on first use (the first function of the script that
+    a task or the initializer names)."""
+    module = sys.modules.get(_MAIN)
+    if module is None and _where is not None:
+        _import_main(_where)
+        module = sys.modules.get(_MAIN)
+    return module or sys.modules["__main__"]
 
 
 def _main_attr(qualname):
@@ -170,7 +185,10 @@ def _import_main(where):
         if kind == "name":
             sys.modules[_MAIN] = importlib.import_module(value)
             return
-        spec = importlib.util.spec_from_file_location(_MAIN, value)
+        # A loader of its own: a script without a .py suffix (a console script such as
+        # ``pytest``) has no loader by name.
+        loader = importlib.machinery.SourceFileLoader(_MAIN, value)
+        spec = importlib.util.spec_from_file_location(_MAIN, value, loader=loader)
         module = importlib.util.module_from_spec(spec)
         sys.modules[_MAIN] = module
         try:
@@ -186,7 +204,8 @@ class _Worker:
     """The actor behind one pool slot."""
 
     def __init__(self, main_path, init_blob):
-        _import_main(main_path)
+        global _where
+        _where = main_path  # imported when something of the script is unpickled
         self._fpart = None
         self._kind = self._func = None
         if init_blob is not None:
@@ -251,6 +270,7 @@ class _Slot:
         "head_started",
         "timed_out",
         "seen",
+        "busy",
         "ping",
     )
 
@@ -264,12 +284,17 @@ class _Slot:
         self.inflight = collections.deque()  # _Entry, in the order the actor runs them
         self.head_started = 0.0  # when inflight[0] started running (at the latest)
         self.timed_out = None  # the entry task_timeout killed the actor for
-        self.seen = 0.0  # when the actor last answered
+        self.seen = 0.0  # when the actor last answered (a result, a ping)
+        self.busy = 0.0  # when it last finished a task (or got ready)
         self.ping = None  # the future of an outstanding ping
 
     @property
     def name(self):
         return "RayPoolWorker-%d" % (self.index + 1)
+
+    def join(self):
+        """What ``Pool.join`` calls on each worker: an actor is stopped by ``ray.kill``, with
+        nothing of it left on this machine to wait for."""
 
 
 class _Wake:
@@ -385,15 +410,6 @@ class Pool(_pool.Pool):
             self, _pool.Pool._terminate_pool, args=(_Terminate(self),), exitpriority=15
         )
 
-    def __repr__(self):
-        cls = self.__class__
-        return "<%s.%s state=%s pool_size=%d>" % (
-            cls.__module__,
-            cls.__qualname__,
-            self._state,
-            len(self._pool),
-        )
-
     # -- transport -----------------------------------------------------------------------
 
     @staticmethod
@@ -485,6 +501,10 @@ class Pool(_pool.Pool):
                 break
 
     def _launch(self, slot, entry):
+        if not slot.inflight and slot.ping is None and time.monotonic() - slot.busy >= _PING_AHEAD:
+            # Idle for a while: a ping goes first, so that if the actor died idle (and its
+            # death is not known yet), the failed ping says this task never started.
+            self._send_ping(slot)
         fut = slot.actor.run.remote(entry.fpart, entry.blob).future()
         if not slot.inflight:
             slot.head_started = time.monotonic()
@@ -563,7 +583,7 @@ class Pool(_pool.Pool):
             self._early_death(slot, err)
             return
         slot.ready = True
-        slot.seen = time.monotonic()
+        slot.seen = slot.busy = time.monotonic()
         self._early_deaths = 0
         self._broken = False
         self._unready_since = None
@@ -594,12 +614,14 @@ class Pool(_pool.Pool):
 
     def _ping_idle(self):
         now = time.monotonic()
-        events = self._events
         for slot in self._pool:
             if slot.ready and not slot.inflight and slot.ping is None and now - slot.seen >= _PING:
-                fut = slot.ping = slot.actor.ready.remote().future()
-                gen = slot.gen
-                fut.add_done_callback(lambda f, s=slot, g=gen: events.put((_PONG, s, g, f)))
+                self._send_ping(slot)
+
+    def _send_ping(self, slot):
+        events, gen = self._events, slot.gen
+        fut = slot.ping = slot.actor.ready.remote().future()
+        fut.add_done_callback(lambda f: events.put((_PONG, slot, gen, f)))
 
     def _on_pong(self, slot, gen, fut):
         if slot.gen != gen or slot.ping is not fut:
@@ -657,7 +679,7 @@ class Pool(_pool.Pool):
             self._actor_died(slot, err)
             return
         slot.inflight.remove(entry)
-        slot.seen = time.monotonic()
+        slot.seen = slot.busy = time.monotonic()
         self._deliver(entry, fut)
         if slot.timed_out is not None:
             # Killed for task_timeout as the task finished: the actor is gone or going.
@@ -756,18 +778,6 @@ class Pool(_pool.Pool):
                 slot.timed_out = head
                 slot.ready = False  # nothing more for it: its tasks' futures fail
                 _kill(slot.actor)
-
-    # -- the API -------------------------------------------------------------------------
-
-    def join(self):
-        """Wait for the supervisor and the result thread (after ``close`` or ``terminate``)."""
-        util.debug("joining pool")
-        if self._state == RUN:
-            raise ValueError("Pool is still running")
-        elif self._state not in (CLOSE, TERMINATE):
-            raise ValueError("In unknown state")
-        self._worker_handler.join()
-        self._result_handler.join()
 
 
 class _Terminate:
