@@ -344,8 +344,10 @@ def test_work_fails_when_no_worker_can_start(ctx):
 
 
 def _script_run(cluster, path, *args, cwd=None):
+    """Runs a program as a driver of the module's cluster with ``RMP_POOL_BACKEND=ray``;
+    its stdout once it exited 0."""
     env = dict(os.environ, RMP_POOL_BACKEND="ray", RAY_ADDRESS=cluster)
-    return subprocess.run(
+    out = subprocess.run(
         [sys.executable, *args, str(path)] if path else [sys.executable, *args],
         capture_output=True,
         text=True,
@@ -353,6 +355,8 @@ def _script_run(cluster, path, *args, cwd=None):
         cwd=cwd,
         env=env,
     )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
 
 
 def test_a_script_that_makes_its_pool_unguarded_gets_an_error_not_a_hang(cluster, tmp_path):
@@ -369,10 +373,9 @@ def test_a_script_that_makes_its_pool_unguarded_gets_an_error_not_a_hang(cluster
         "pool.terminate()\n"
     )
     out = _script_run(cluster, script, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-3000:]
     # The worker imports the script when it unpickles f: making a pool there raises, and
     # the task fails with that error.
-    assert "RuntimeError" in out.stdout and "if __name__ == '__main__'" in out.stdout
+    assert "RuntimeError" in out and "if __name__ == '__main__'" in out
 
 
 def test_a_main_script_without_py_suffix(cluster, tmp_path):
@@ -391,8 +394,7 @@ def test_a_main_script_without_py_suffix(cluster, tmp_path):
         "        print(pool.map(f, range(3)))\n"
     )
     out = _script_run(cluster, script, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.splitlines()[-1] == "[1100, 1101, 1102]"
+    assert out.splitlines()[-1] == "[1100, 1101, 1102]"
 
 
 def test_a_module_run_with_dash_m(cluster, tmp_path):
@@ -410,5 +412,4 @@ def test_a_module_run_with_dash_m(cluster, tmp_path):
         "        print(pool.map(work, range(5)))\n"
     )
     out = _script_run(cluster, None, "-m", "pkgdemo.main", cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.splitlines()[-1] == "[1, 3, 5, 7, 9]"
+    assert out.splitlines()[-1] == "[1, 3, 5, 7, 9]"
