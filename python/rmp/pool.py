@@ -1521,7 +1521,8 @@ class Pool:
     def terminate(self):
         """Stop the workers now (outstanding tasks fail with ``WorkerLostError``)."""
         util.debug("terminating pool")
-        self._state = TERMINATE
+        with self._lock:  # not between close()'s check of the state and its write
+            self._state = TERMINATE
         self._terminate()
 
     def join(self):
