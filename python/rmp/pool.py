@@ -1205,10 +1205,8 @@ class Pool:
         failed...). Replacements are delayed more and more (up to 2 s), and once as many
         workers as the pool has died so in a row, what is pending fails: it would wait
         forever otherwise (as it does with the stdlib)."""
-        self._early_deaths += 1
-        n = self._early_deaths
-        self._respawn_at = time.monotonic() + min(0.05 * 2 ** min(n - 1, 6), 2.0)
-        if n % max(2, self._processes) == 0:
+        n, give_up = self._count_early_death()
+        if give_up:
             code = w.exitcode
             how = (
                 "was killed by %s" % _signal_name(-code)
@@ -1224,6 +1222,15 @@ class Pool:
             )
             self._broken = True
             self._post_result(_BROKEN, 0, exc)
+
+    def _count_early_death(self):
+        """Counts a worker that died before it was ready and delays the next start (50 ms,
+        doubling, at most 2 s); returns ``(deaths in a row, whether pending work should now
+        fail)``: after as many in a row as the pool has workers (at least 2)."""
+        self._early_deaths += 1
+        n = self._early_deaths
+        self._respawn_at = time.monotonic() + min(0.05 * 2 ** min(n - 1, 6), 2.0)
+        return n, n % max(2, self._processes) == 0
 
     def _lost_error(self, w, code, job, index):
         oom = False

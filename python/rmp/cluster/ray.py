@@ -658,10 +658,8 @@ class Pool(_pool.Pool):
             if self._needs_workers():
                 self._start_actor(slot)
             return
-        self._early_deaths += 1
-        n = self._early_deaths
-        self._respawn_at = time.monotonic() + min(0.05 * 2 ** min(n - 1, 6), 2.0)
-        if n % max(2, self._processes) == 0:
+        n, give_up = self._count_early_death()
+        if give_up:
             exc = WorkerLostError(
                 "%d Ray pool workers in a row died before they were ready for tasks (the "
                 "last: %s)" % (n, _reason(err))
