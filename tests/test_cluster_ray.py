@@ -308,25 +308,28 @@ def test_close_then_join_finishes_the_queued_work(ctx):
 # -- the same programs, local and on the cluster --------------------------------------------
 
 
+def _script_run(cluster, path, *args, cwd=None, backend="ray"):
+    """Runs a program (``path``, or ``python *args``) with ``RMP_POOL_BACKEND=backend`` as a
+    driver of the module's cluster; the lines of its stdout once it exited 0, without what Ray
+    forwards there from its daemons (a worker's death...), each under a colored
+    "(raylet)"-style prefix."""
+    env = dict(os.environ, RMP_POOL_BACKEND=backend, RAY_ADDRESS=cluster)
+    out = subprocess.run(
+        [sys.executable, *args, str(path)] if path else [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        timeout=150,
+        cwd=cwd,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return [line for line in out.stdout.splitlines() if not _RAY_LINE.match(line)]
+
+
 @pytest.mark.parametrize("name", ["pool_tasks.py", "pool_worker_crash.py"])
 def test_examples_give_the_same_output_on_the_cluster(cluster, name):
-    def run(env):
-        full = dict(os.environ, **env)
-        out = subprocess.run(
-            [sys.executable, str(EXAMPLES / name)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=EXAMPLES,
-            env=full,
-        )
-        assert out.returncode == 0, out.stderr[-3000:]
-        # Ray forwards what its daemons say (a worker's death...) to the driver's stdout,
-        # each line under a colored "(raylet)"-style prefix: the program's lines are the rest.
-        return [line for line in out.stdout.splitlines() if not _RAY_LINE.match(line)]
-
-    local = run({"RMP_POOL_BACKEND": "local"})
-    on_ray = run({"RMP_POOL_BACKEND": "ray", "RAY_ADDRESS": cluster})
+    local = _script_run(cluster, EXAMPLES / name, cwd=EXAMPLES, backend="local")
+    on_ray = _script_run(cluster, EXAMPLES / name, cwd=EXAMPLES)
     assert on_ray == local
     assert local
 
@@ -341,22 +344,6 @@ def test_work_fails_when_no_worker_can_start(ctx):
     finally:
         pool.terminate()
         pool.join()
-
-
-def _script_run(cluster, path, *args, cwd=None):
-    """Runs a program as a driver of the module's cluster with ``RMP_POOL_BACKEND=ray``;
-    its stdout once it exited 0."""
-    env = dict(os.environ, RMP_POOL_BACKEND="ray", RAY_ADDRESS=cluster)
-    out = subprocess.run(
-        [sys.executable, *args, str(path)] if path else [sys.executable, *args],
-        capture_output=True,
-        text=True,
-        timeout=150,
-        cwd=cwd,
-        env=env,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    return out.stdout
 
 
 def test_a_script_that_makes_its_pool_unguarded_gets_an_error_not_a_hang(cluster, tmp_path):
@@ -375,7 +362,8 @@ def test_a_script_that_makes_its_pool_unguarded_gets_an_error_not_a_hang(cluster
     out = _script_run(cluster, script, cwd=tmp_path)
     # The worker imports the script when it unpickles f: making a pool there raises, and
     # the task fails with that error.
-    assert "RuntimeError" in out and "if __name__ == '__main__'" in out
+    text = "\n".join(out)
+    assert "RuntimeError" in text and "if __name__ == '__main__'" in text
 
 
 def test_a_main_script_without_py_suffix(cluster, tmp_path):
@@ -394,7 +382,7 @@ def test_a_main_script_without_py_suffix(cluster, tmp_path):
         "        print(pool.map(f, range(3)))\n"
     )
     out = _script_run(cluster, script, cwd=tmp_path)
-    assert out.splitlines()[-1] == "[1100, 1101, 1102]"
+    assert out[-1] == "[1100, 1101, 1102]"
 
 
 def test_a_module_run_with_dash_m(cluster, tmp_path):
@@ -412,4 +400,4 @@ def test_a_module_run_with_dash_m(cluster, tmp_path):
         "        print(pool.map(work, range(5)))\n"
     )
     out = _script_run(cluster, None, "-m", "pkgdemo.main", cwd=tmp_path)
-    assert out.splitlines()[-1] == "[1, 3, 5, 7, 9]"
+    assert out[-1] == "[1, 3, 5, 7, 9]"

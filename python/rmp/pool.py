@@ -394,6 +394,7 @@ def worker(
                 args = unpack_scalars(data, end - flen)
             else:
                 args = loads(data)  # the arguments' pickle comes first: loads() stops at its end
+            # apply_task(), inlined: one call less per task.
             if kind == _CALL:
                 result = (True, func(*args))
             elif kind == _MAP:
@@ -1764,6 +1765,18 @@ def _handle_thread_tasks(taskqueue, inqueue, terminated):
         batch = task = None
 
 
+def apply_task(kind, func, args):
+    """What a task of ``kind`` computes: ``func`` applied to its arguments part (the
+    ThreadPool's and the Ray pool's workers; the process worker inlines it, its hot path)."""
+    if kind == _CALL:
+        return func(*args)
+    if kind == _MAP:
+        return list(map(func, args))
+    if kind == _STARMAP:
+        return list(itertools.starmap(func, args))
+    return func(*args[0], **args[1])
+
+
 def _thread_worker(inqueue, outqueue, terminated, initializer=None, initargs=()):
     if initializer is not None:
         initializer(*initargs)
@@ -1774,14 +1787,7 @@ def _thread_worker(inqueue, outqueue, terminated, initializer=None, initargs=())
             break
         job, i, (kind, func), args = task
         try:
-            if kind == _CALL:
-                result = (True, func(*args))
-            elif kind == _MAP:
-                result = (True, list(map(func, args)))
-            elif kind == _STARMAP:
-                result = (True, list(itertools.starmap(func, args)))
-            else:
-                result = (True, func(*args[0], **args[1]))
+            result = (True, apply_task(kind, func, args))
         except Exception as e:
             result = (False, e)
         put((None, (job, i, result)))

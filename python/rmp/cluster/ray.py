@@ -61,11 +61,8 @@ from .. import pool as _pool
 from .. import util
 from ..pool import (
     _BROKEN,
-    _CALL,
-    _CALL_KW,
     _FINISH,
     _LOST,
-    _MAP,
     CLOSE,
     INIT,
     RUN,
@@ -76,6 +73,7 @@ from ..pool import (
     WorkerLostError,
     _batch_getter,
     _PoolCache,
+    apply_task,
 )
 
 __all__ = ["Pool"]
@@ -124,14 +122,8 @@ class _Pickler(cloudpickle.Pickler):
     """cloudpickle, except that what the main script holds by name is pickled by reference
     (rebuilt by ``_main_attr`` from the script the worker imported)."""
 
-    by_reference = False  # set when the main script is a file (``_main_path``)
-
     def reducer_override(self, obj):
-        if (
-            self.by_reference
-            and isinstance(obj, (types.FunctionType, type))
-            and obj.__module__ == "__main__"
-        ):
+        if isinstance(obj, (types.FunctionType, type)) and obj.__module__ == "__main__":
             try:
                 found = _main_attr(obj.__qualname__) is obj
             except AttributeError:
@@ -141,11 +133,13 @@ class _Pickler(cloudpickle.Pickler):
         return super().reducer_override(obj)
 
 
-def _dumps(obj):
+def _dumps(obj, main):
+    """``obj`` pickled for a worker: with ``_Pickler`` when the workers can import the main
+    script (``main``: ``_main_path()``), else with plain cloudpickle (by value)."""
+    if main is None:
+        return cloudpickle.dumps(obj, protocol=5)
     buf = io.BytesIO()
-    pickler = _Pickler(buf, protocol=5)
-    pickler.by_reference = _main_path() is not None
-    pickler.dump(obj)
+    _Pickler(buf, protocol=5).dump(obj)
     return buf.getvalue()
 
 
@@ -220,15 +214,7 @@ class _Worker:
             if fpart != self._fpart:
                 self._kind, self._func = cloudpickle.loads(fpart)
                 self._fpart = fpart
-            kind, func = self._kind, self._func
-            args = cloudpickle.loads(blob)
-            if kind == _CALL:
-                return True, func(*args)
-            if kind == _MAP:
-                return True, list(map(func, args))
-            if kind == _CALL_KW:
-                return True, func(*args[0], **args[1])
-            return True, [func(*a) for a in args]
+            return True, apply_task(self._kind, self._func, cloudpickle.loads(blob))
         except BaseException as e:
             # SystemExit and KeyboardInterrupt too: the task fails with it and the worker
             # lives, as with the local pool.
@@ -368,12 +354,14 @@ class Pool(_pool.Pool):
             processes = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self._check_args(processes, initializer, maxtasksperchild, task_timeout)
         # The initializer is pickled here: an unpicklable one raises now.
-        self._init_blob = None if initializer is None else _dumps((initializer, initargs))
+        self._main = _main_path()
+        self._init_blob = (
+            None if initializer is None else _dumps((initializer, initargs), self._main)
+        )
         # Results holding the script's classes name them ``__rmp_main__.*`` (the worker's
         # name for the script): here that is ``__main__``.
-        if _main_path() is not None:
+        if self._main is not None:
             sys.modules.setdefault(_MAIN, sys.modules["__main__"])
-        self._main = _main_path()
         options = {"num_cpus": 1, "max_restarts": 0, "max_task_retries": 0}
         options.update(ray_remote_args or {})
         self._actor_options = options
@@ -412,17 +400,16 @@ class Pool(_pool.Pool):
 
     # -- transport -----------------------------------------------------------------------
 
-    @staticmethod
-    def _fpart(kind, func):
-        blob = _dumps((kind, func))
+    def _fpart(self, kind, func):
+        blob = _dumps((kind, func), self._main)
         if len(blob) > _FPART_INLINE:
             return ray.put(blob)
         return blob
 
     def _put_tasks(self, job, index, fpart, argss, packable=False):
-        dumps = _dumps
+        main = self._main
         # Every task is pickled before any is queued: a pickling error queues nothing.
-        entries = [_Entry(job, i, fpart, dumps(args)) for i, args in enumerate(argss, index)]
+        entries = [_Entry(job, i, fpart, _dumps(args, main)) for i, args in enumerate(argss, index)]
         with self._sched:
             self._pending.extend(entries)
             self._pump()
