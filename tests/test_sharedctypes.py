@@ -225,6 +225,40 @@ def test_get_obj_get_lock_and_lock_argument(mp):
             bad()
 
 
+def test_value_access_inside_its_own_lock_and_from_another_thread(mp):
+    # Inside `with v.get_lock():` each `v.value` takes the recursive lock again (rmp skips
+    # that nested level): the depth the block sees stays 1 and the lock is free after it,
+    # while another thread's access waits for the block to end.
+    v = mp.Value("i", 0)
+    lock = v.get_lock()
+    seen = []
+    with lock:
+        t = threading.Thread(target=lambda: seen.append(v.value))
+        t.start()
+        for _ in range(100):
+            v.value += 1
+        assert repr(lock) == "<RLock(MainProcess, 1)>"
+        t.join(0.2)
+        assert t.is_alive() and seen == []  # blocked on the lock we hold
+    t.join(10)
+    assert seen == [100] and repr(lock) == "<RLock(None, 0)>"
+    with lock, lock:
+        v.value = 5
+        assert v.value == 5 and repr(lock) == "<RLock(MainProcess, 2)>"
+    assert _free_for_another_thread(lock)
+
+
+def test_value_cannot_be_deleted(mp):
+    v = mp.Value("i", 1)
+    with pytest.raises(AttributeError) as info:
+        del v.value
+    if sys.version_info >= (3, 11):
+        assert str(info.value) == "property 'value' of 'Synchronized' object has no deleter"
+    else:
+        assert str(info.value) == "can't delete attribute"
+    assert v.value == 1 and _free_for_another_thread(v.get_lock())
+
+
 def test_copy(mp):
     sc = mp.sharedctypes
     raw = mp.RawArray("i", [1, 2, 3])

@@ -29,6 +29,8 @@ __all__ = [
     "semlock_exit",
     "semlock_release",
     "send_message",
+    "sharedvalue_get_lock",
+    "sharedvalue_value",
     "spawn",
     "unpack_scalars",
     "wait_any",
@@ -111,6 +113,10 @@ semlock_acquire: Any
 semlock_release: Any
 semlock_enter: Any
 semlock_exit: Any
+
+# Raw descriptors of SharedValue (`Synchronized.value` and `get_lock()`).
+sharedvalue_value: Any
+sharedvalue_get_lock: Any
 
 @final
 class CondVar:

@@ -231,6 +231,11 @@ class Synchronized(_core.SharedValue, SynchronizedBase):
     Python-level call at all. Numbers of fixed-size C types are accessed in place; other
     types through their ctypes object, under the same lock."""
 
+    # Raw descriptors of _core.SharedValue (src/py/fastcall.rs): the same Rust code as its
+    # PyO3 getter, setter and method, without the generic trampolines.
+    value = _core.sharedvalue_value
+    get_lock = _core.sharedvalue_get_lock
+
     def __new__(cls, obj, lock=None, ctx=None):
         lock = _default_lock(lock, ctx)
         code = _IN_PLACE.get(type(obj), "")

@@ -12,6 +12,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::PyString;
 
+use super::sharedctypes::SharedValue;
 use super::sync::CoreSemLock;
 
 /// Calls `slf.<name>(*args, **kw)` with the vectorcall arguments we received.
@@ -182,5 +183,114 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         };
         m.add(name, descr)?;
     }
+    Ok(())
+}
+
+/// `Synchronized.value` (read): the same as the PyO3 getter, without its trampoline.
+unsafe extern "C" fn value_get(
+    slf: *mut ffi::PyObject,
+    _closure: *mut std::ffi::c_void,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls getters with the interpreter attached.
+    let py = unsafe { Python::assume_attached() };
+    // SAFETY: the getset descriptor checked that `slf` is a SharedValue (or a subclass);
+    // `slf` is a valid borrowed reference for this call.
+    let v = unsafe { Bound::ref_from_ptr(py, &slf).cast_unchecked::<SharedValue>() };
+    match v.get().get_value(py) {
+        Ok(obj) => obj.into_ptr(),
+        Err(e) => {
+            e.restore(py);
+            ptr::null_mut()
+        }
+    }
+}
+
+/// `Synchronized.value = x`: the same as the PyO3 setter, without its trampoline.
+unsafe extern "C" fn value_set(
+    slf: *mut ffi::PyObject,
+    value: *mut ffi::PyObject,
+    _closure: *mut std::ffi::c_void,
+) -> std::ffi::c_int {
+    // SAFETY: CPython calls setters with the interpreter attached.
+    let py = unsafe { Python::assume_attached() };
+    if value.is_null() {
+        // The stdlib's `value` is a property without a deleter: its message.
+        let msg = if py.version_info() >= (3, 11) {
+            // SAFETY: `slf` is a valid borrowed reference for this call.
+            let ty = unsafe { Bound::ref_from_ptr(py, &slf) }.get_type();
+            let name = ty.name().map(|n| n.to_string()).unwrap_or_default();
+            format!("property 'value' of '{name}' object has no deleter")
+        } else {
+            "can't delete attribute".to_owned()
+        };
+        pyo3::exceptions::PyAttributeError::new_err(msg).restore(py);
+        return -1;
+    }
+    // SAFETY: as in `value_get`; `value` is a valid borrowed reference for this call.
+    let (v, value) = unsafe {
+        (
+            Bound::ref_from_ptr(py, &slf).cast_unchecked::<SharedValue>(),
+            Bound::ref_from_ptr(py, &value),
+        )
+    };
+    match v.get().set_value(py, value.clone()) {
+        Ok(()) => 0,
+        Err(e) => {
+            e.restore(py);
+            -1
+        }
+    }
+}
+
+/// `Synchronized.get_lock()`.
+unsafe extern "C" fn value_get_lock(
+    slf: *mut ffi::PyObject,
+    _unused: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls method functions with the interpreter attached.
+    let py = unsafe { Python::assume_attached() };
+    // SAFETY: as in `value_get`.
+    let v = unsafe { Bound::ref_from_ptr(py, &slf).cast_unchecked::<SharedValue>() };
+    v.get().get_lock(py).into_ptr()
+}
+
+struct ValueDefs(ffi::PyGetSetDef, ffi::PyMethodDef);
+// SAFETY: as for `Defs`.
+unsafe impl Sync for ValueDefs {}
+
+static VALUE_DEFS: ValueDefs = ValueDefs(
+    ffi::PyGetSetDef {
+        name: c"value".as_ptr(),
+        get: Some(value_get),
+        set: Some(value_set),
+        doc: c"The value, read and written under the lock.".as_ptr(),
+        closure: ptr::null_mut(),
+    },
+    ffi::PyMethodDef {
+        ml_name: c"get_lock".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer {
+            PyCFunction: value_get_lock,
+        },
+        ml_flags: ffi::METH_NOARGS,
+        ml_doc: c"get_lock()\n--\n\nThe lock that guards the value.".as_ptr(),
+    },
+);
+
+/// Adds `_core.sharedvalue_value` (a getset descriptor) and `_core.sharedvalue_get_lock` (a
+/// method descriptor) of `SharedValue`, which `rmp.sharedctypes.Synchronized` installs.
+pub(crate) fn register_value(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    let ty = py.get_type::<SharedValue>();
+    // SAFETY: `ty` is a live type object and the definitions are 'static; each call returns
+    // a new reference or NULL with an exception set.
+    let (getset, method) = unsafe {
+        let tp = ty.as_ptr().cast::<ffi::PyTypeObject>();
+        let g = ffi::PyDescr_NewGetSet(tp, ptr::from_ref(&VALUE_DEFS.0).cast_mut());
+        let g = Bound::from_owned_ptr_or_err(py, g)?;
+        let f = ffi::PyDescr_NewMethod(tp, ptr::from_ref(&VALUE_DEFS.1).cast_mut());
+        (g, Bound::from_owned_ptr_or_err(py, f)?)
+    };
+    m.add("sharedvalue_value", getset)?;
+    m.add("sharedvalue_get_lock", method)?;
     Ok(())
 }

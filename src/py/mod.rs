@@ -98,5 +98,6 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     shm::register(m)?;
     sync::register(m)?;
     fastcall::register(m)?;
+    fastcall::register_value(m)?;
     Ok(())
 }

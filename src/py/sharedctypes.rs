@@ -35,17 +35,19 @@ pub struct SharedValue {
 }
 
 impl SharedValue {
-    fn lock(&self, py: Python<'_>) -> PyResult<()> {
+    /// Takes the lock, unless it is an rmp `RLock` that the calling thread already holds (as
+    /// inside `with v.get_lock():`, where a nested level would be taken and given back with
+    /// nothing in between that could see it). Returns whether [`Self::unlock`] must follow.
+    fn lock(&self, py: Python<'_>) -> PyResult<bool> {
         match &self.fast_lock {
             Some(l) => {
                 let l = l.get();
-                if l.try_acquire_fast() {
-                    Ok(())
-                } else {
-                    l.acquire(py, true, None).map(|_| ())
+                match l.try_acquire_fast_or_held() {
+                    Some(taken) => Ok(taken),
+                    None => l.acquire(py, true, None).map(|_| true),
                 }
             }
-            None => self.lock.call_method0(py, "acquire").map(|_| ()),
+            None => self.lock.call_method0(py, "acquire").map(|_| true),
         }
     }
 
@@ -203,24 +205,28 @@ impl SharedValue {
 
     /// The value, read under the lock.
     #[getter]
-    fn get_value(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        self.lock(py)?;
+    pub(crate) fn get_value(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let taken = self.lock(py)?;
         let r = self.read(py);
-        self.unlock(py)?;
+        if taken {
+            self.unlock(py)?;
+        }
         r
     }
 
     /// Sets the value under the lock.
     #[setter]
-    fn set_value(&self, py: Python<'_>, value: Bound<'_, PyAny>) -> PyResult<()> {
-        self.lock(py)?;
+    pub(crate) fn set_value(&self, py: Python<'_>, value: Bound<'_, PyAny>) -> PyResult<()> {
+        let taken = self.lock(py)?;
         let r = self.write(py, &value);
-        self.unlock(py)?;
+        if taken {
+            self.unlock(py)?;
+        }
         r
     }
 
     /// The lock.
-    fn get_lock(&self, py: Python<'_>) -> Py<PyAny> {
+    pub(crate) fn get_lock(&self, py: Python<'_>) -> Py<PyAny> {
         self.lock.clone_ref(py)
     }
 
@@ -230,7 +236,18 @@ impl SharedValue {
     }
 
     fn __enter__(&self, py: Python<'_>) -> PyResult<bool> {
-        self.lock(py)?;
+        // Always a real level (not `lock`'s nested shortcut): `__exit__` releases one.
+        match &self.fast_lock {
+            Some(l) => {
+                let l = l.get();
+                if !l.try_acquire_fast() {
+                    l.acquire(py, true, None)?;
+                }
+            }
+            None => {
+                self.lock.call_method0(py, "acquire")?;
+            }
+        }
         Ok(true)
     }
 

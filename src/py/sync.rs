@@ -141,6 +141,27 @@ impl SemLock {
         }
     }
 
+    /// `try_acquire_fast` for a caller that gives the lock back before anything else can
+    /// run: a recursive mutex the calling thread already holds is left as it is, since a
+    /// nested level would only be counted and uncounted. `Some(true)`: taken (release it
+    /// after); `Some(false)`: already held by the caller (nothing to release); `None`: not
+    /// available now (take the waiting path).
+    pub(crate) fn try_acquire_fast_or_held(&self) -> Option<bool> {
+        if self.kind == SEMAPHORE {
+            return self.try_acquire_fast().then_some(true);
+        }
+        let st = self.state();
+        let me = Me::current();
+        if st.held_by(&me) {
+            Some(false)
+        } else if st.try_lock(&me) {
+            self.took_mutex();
+            Some(true)
+        } else {
+            None
+        }
+    }
+
     /// A `release()` that succeeds: a semaphore below its bound, or a mutex the caller
     /// holds. False: nothing was released (`release` raises the stdlib's error).
     pub(crate) fn try_release_fast(&self) -> bool {
