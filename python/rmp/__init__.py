@@ -16,6 +16,17 @@ globals().update((name, getattr(context._default_context, name)) for name in __a
 SUBDEBUG = 5
 SUBWARNING = 25
 
+
+def __getattr__(name):
+    # The Rust extension is loaded on first use (a spawned child that never needs it does not
+    # load it); `rmp._core` still works before that.
+    if name == "_core":
+        import importlib
+
+        return importlib.import_module("rmp._core")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 # As in CPython: children import the parent's main module as __mp_main__.
 if "__main__" in sys.modules:
     sys.modules["__mp_main__"] = sys.modules["__main__"]

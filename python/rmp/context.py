@@ -5,8 +5,6 @@ start method follows the running CPython (fork up to 3.13, forkserver from 3.14)
 exception classes are the stdlib's own objects, so existing ``except`` clauses keep working.
 """
 
-from __future__ import annotations
-
 import os
 import sys
 from multiprocessing import context as _stdcontext

@@ -6,9 +6,11 @@ The process registry is the stdlib's (``multiprocessing.process._current_process
 the stdlib's exit handler joins rmp's children too (DESIGN.md, "Interop seams"). The process
 objects and their life cycle are rmp's; the Popen classes start and watch children through
 ``rmp._core`` (pidfds, posix_spawn).
-"""
 
-from __future__ import annotations
+A spawned child imports this module before anything else of rmp's, so it stays light: no
+``__future__`` import, and ``rmp._core`` is imported where it is used (a child that never
+needs it never loads the extension).
+"""
 
 import itertools
 import os
@@ -17,8 +19,6 @@ import sys
 import threading
 from multiprocessing import process as _mpp
 from multiprocessing.process import AuthenticationString  # shared: pickling rules for keys
-
-from . import _core
 
 __all__ = ["BaseProcess", "current_process", "active_children", "parent_process"]
 
@@ -65,7 +65,7 @@ def _cleanup():
 class BaseProcess:
     """A process running ``target(*args, **kwargs)``; the same API as ``multiprocessing``'s."""
 
-    _start_method: str | None = None
+    _start_method = None  # the context's start method name, set by each context's class
 
     def _Popen(self, process_obj):  # pragma: no cover - overridden by every concrete class
         raise TypeError(f"{type(self).__name__} has no start method; use a context's Process")
@@ -272,6 +272,8 @@ class BaseProcess:
             if self.daemon and parent_sentinel is not None:
                 # Daemonic children die with their parent even when it is SIGKILLed and
                 # cannot terminate them itself (the stdlib leaves them orphaned then).
+                from . import _core
+
                 _core.die_with_parent(parent_sentinel)
             if threading._HAVE_THREAD_NATIVE_ID:
                 threading.main_thread()._set_native_id()
@@ -321,6 +323,8 @@ class _ParentProcess(BaseProcess):
         self._config = {}
 
     def is_alive(self):
+        from . import _core
+
         return not _core.wait_readable(self._sentinel, 0)
 
     @property
@@ -331,6 +335,8 @@ class _ParentProcess(BaseProcess):
 
     def join(self, timeout=None):
         """Wait until the parent process ends (detached from the GIL; Ctrl-C interrupts)."""
+        from . import _core
+
         _core.wait_readable(self._sentinel, timeout)
 
 

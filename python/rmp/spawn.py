@@ -7,8 +7,6 @@ two can never drift apart. What rmp does differently is how the child is started
 (``posix_spawn`` from Rust, ``rmp.util.spawnv_passfds``) and how it is watched (pidfds).
 """
 
-from __future__ import annotations
-
 import io
 import os
 import pickle

@@ -7,8 +7,6 @@ would split that state in two; this module exposes the stdlib's objects under rm
 (see DESIGN.md, "Interop seams"), plus :func:`spawnv_passfds` that rmp implements in Rust.
 """
 
-from __future__ import annotations
-
 import os
 from multiprocessing import util as _util
 from multiprocessing.util import (  # noqa: F401  (re-exported: shared process-global state)
@@ -42,8 +40,6 @@ from multiprocessing.util import (  # noqa: F401  (re-exported: shared process-g
     sub_debug,
     sub_warning,
 )
-
-from . import _core
 
 __all__ = [
     "sub_debug",
@@ -84,6 +80,8 @@ def spawnv_passfds(path, args, passfds):
 
     The stdlib forks and execs through ``_posixsubprocess``; rmp uses ``posix_spawn`` from Rust.
     """
+    from . import _core  # here: a spawned child imports this module but never spawns
+
     return _core.spawn(
         os.fsdecode(path), [os.fsdecode(a) for a in args], sorted(set(int(fd) for fd in passfds))
     )
