@@ -248,6 +248,54 @@ def test_value_access_inside_its_own_lock_and_from_another_thread(mp):
     assert _free_for_another_thread(lock)
 
 
+def test_value_access_that_runs_python_code_takes_a_real_level(mp):
+    # Storing an object that is not an exact int runs its __index__ under the lock: there the
+    # recursive lock is held one level deeper, as in the stdlib (only an access that runs no
+    # Python code may skip that level).
+    v = mp.Value("i", 0)
+    lock = v.get_lock()
+    seen = []
+
+    class Index:
+        def __index__(self):
+            seen.append(repr(lock))
+            return 7
+
+    with lock:
+        v.value = Index()
+    assert seen == ["<RLock(MainProcess, 2)>"] and v.value == 7
+    assert repr(lock) == "<RLock(None, 0)>"
+
+
+def test_value_with_a_foreign_lock_keeps_no_reference_to_what_it_returns(mp):
+    # Whatever a foreign lock's acquire()/release() return is dropped at once, on every path
+    # (an earlier fast path left such objects to be freed only by some later call).
+    import weakref
+
+    alive = weakref.WeakSet()
+
+    class Token:
+        pass
+
+    class Foreign:
+        def acquire(self, *args):
+            t = Token()
+            alive.add(t)
+            return t
+
+        def release(self):
+            t = Token()
+            alive.add(t)
+            return t
+
+    v = mp.Value("q", 0, lock=Foreign())
+    for i in range(200):
+        v.value = i
+        assert v.value == i
+    v.value = 2**70  # beyond 64 bits: through ctypes, which keeps the low bits
+    assert v.value == 0 and len(alive) == 0
+
+
 def test_value_cannot_be_deleted(mp):
     v = mp.Value("i", 1)
     with pytest.raises(AttributeError) as info:

@@ -10,6 +10,7 @@ use std::ptr;
 
 use pyo3::ffi;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::PyString;
 
 use super::sharedctypes::SharedValue;
@@ -186,7 +187,11 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     Ok(())
 }
 
-/// `Synchronized.value` (read): the same as the PyO3 getter, without its trampoline.
+/// The PyO3 getset descriptor of `SharedValue.value` (the full getter and setter, through
+/// PyO3's trampolines): the raw descriptors below hand it every case off their fast path.
+static PYO3_VALUE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// `Synchronized.value` (read): [`SharedValue::try_get_in_place`], else the PyO3 getter.
 unsafe extern "C" fn value_get(
     slf: *mut ffi::PyObject,
     _closure: *mut std::ffi::c_void,
@@ -196,16 +201,26 @@ unsafe extern "C" fn value_get(
     // SAFETY: the getset descriptor checked that `slf` is a SharedValue (or a subclass);
     // `slf` is a valid borrowed reference for this call.
     let v = unsafe { Bound::ref_from_ptr(py, &slf).cast_unchecked::<SharedValue>() };
-    match v.get().get_value(py) {
-        Ok(obj) => obj.into_ptr(),
-        Err(e) => {
-            e.restore(py);
-            ptr::null_mut()
-        }
+    if let Some(r) = v.get().try_get_in_place() {
+        return r;
+    }
+    match PYO3_VALUE.get(py) {
+        // SAFETY: `d` is the getset descriptor of `slf`'s base class, which has a getter;
+        // it returns a new reference or NULL with an exception set.
+        Some(d) => unsafe {
+            let d = d.as_ptr();
+            match (*ffi::Py_TYPE(d)).tp_descr_get {
+                Some(get) => get(d, slf, ffi::Py_TYPE(slf).cast()),
+                None => no_descriptor(),
+            }
+        },
+        // SAFETY: the interpreter is attached.
+        None => unsafe { no_descriptor() },
     }
 }
 
-/// `Synchronized.value = x`: the same as the PyO3 setter, without its trampoline.
+/// `Synchronized.value = x`: [`SharedValue::try_set_in_place`], else the PyO3 setter;
+/// deleting raises the stdlib's error (its `value` is a property without a deleter).
 unsafe extern "C" fn value_set(
     slf: *mut ffi::PyObject,
     value: *mut ffi::PyObject,
@@ -213,33 +228,65 @@ unsafe extern "C" fn value_set(
 ) -> std::ffi::c_int {
     // SAFETY: CPython calls setters with the interpreter attached.
     let py = unsafe { Python::assume_attached() };
+    // SAFETY: `slf` is a valid borrowed reference for this call.
+    let obj = unsafe { Bound::ref_from_ptr(py, &slf) };
     if value.is_null() {
-        // The stdlib's `value` is a property without a deleter: its message.
-        let msg = if py.version_info() >= (3, 11) {
-            // SAFETY: `slf` is a valid borrowed reference for this call.
-            let ty = unsafe { Bound::ref_from_ptr(py, &slf) }.get_type();
-            let name = ty.name().map(|n| n.to_string()).unwrap_or_default();
-            format!("property 'value' of '{name}' object has no deleter")
+        let err = if py.version_info() >= (3, 11) {
+            match obj.get_type().qualname() {
+                Ok(name) => pyo3::exceptions::PyAttributeError::new_err(format!(
+                    "property 'value' of '{name}' object has no deleter"
+                )),
+                Err(e) => e,
+            }
         } else {
-            "can't delete attribute".to_owned()
+            pyo3::exceptions::PyAttributeError::new_err("can't delete attribute")
         };
-        pyo3::exceptions::PyAttributeError::new_err(msg).restore(py);
+        err.restore(py);
         return -1;
     }
     // SAFETY: as in `value_get`; `value` is a valid borrowed reference for this call.
-    let (v, value) = unsafe {
+    let (v, val) = unsafe {
         (
-            Bound::ref_from_ptr(py, &slf).cast_unchecked::<SharedValue>(),
+            obj.cast_unchecked::<SharedValue>(),
             Bound::ref_from_ptr(py, &value),
         )
     };
-    match v.get().set_value(py, value.clone()) {
-        Ok(()) => 0,
-        Err(e) => {
-            e.restore(py);
+    if v.get().try_set_in_place(val) {
+        return 0;
+    }
+    match PYO3_VALUE.get(py) {
+        // SAFETY: as in `value_get`, for the setter; it returns 0 or -1 with an exception set.
+        Some(d) => unsafe {
+            let d = d.as_ptr();
+            match (*ffi::Py_TYPE(d)).tp_descr_set {
+                Some(set) => set(d, slf, value),
+                None => {
+                    no_descriptor();
+                    -1
+                }
+            }
+        },
+        None => {
+            // SAFETY: the interpreter is attached.
+            unsafe { no_descriptor() };
             -1
         }
     }
+}
+
+/// Sets the error for "the PyO3 descriptor is missing" (cannot happen once registered).
+///
+/// # Safety
+/// The interpreter must be attached.
+unsafe fn no_descriptor() -> *mut ffi::PyObject {
+    // SAFETY: per the function's contract.
+    unsafe {
+        ffi::PyErr_SetString(
+            ffi::PyExc_SystemError,
+            c"rmp._core: SharedValue.value descriptor not registered".as_ptr(),
+        )
+    };
+    ptr::null_mut()
 }
 
 /// `Synchronized.get_lock()`.
@@ -281,6 +328,7 @@ static VALUE_DEFS: ValueDefs = ValueDefs(
 pub(crate) fn register_value(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     let ty = py.get_type::<SharedValue>();
+    let _ = PYO3_VALUE.set(py, ty.getattr("value")?.unbind());
     // SAFETY: `ty` is a live type object and the definitions are 'static; each call returns
     // a new reference or NULL with an exception set.
     let (getset, method) = unsafe {

@@ -14,6 +14,7 @@ use std::sync::atomic::{
 };
 
 use pyo3::exceptions::PyValueError;
+use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyFloat, PyInt};
 
@@ -35,19 +36,17 @@ pub struct SharedValue {
 }
 
 impl SharedValue {
-    /// Takes the lock, unless it is an rmp `RLock` that the calling thread already holds (as
-    /// inside `with v.get_lock():`, where a nested level would be taken and given back with
-    /// nothing in between that could see it). Returns whether [`Self::unlock`] must follow.
-    fn lock(&self, py: Python<'_>) -> PyResult<bool> {
+    fn lock(&self, py: Python<'_>) -> PyResult<()> {
         match &self.fast_lock {
             Some(l) => {
                 let l = l.get();
-                match l.try_acquire_fast_or_held() {
-                    Some(taken) => Ok(taken),
-                    None => l.acquire(py, true, None).map(|_| true),
+                if l.try_acquire_fast() {
+                    Ok(())
+                } else {
+                    l.acquire(py, true, None).map(|_| ())
                 }
             }
-            None => self.lock.call_method0(py, "acquire").map(|_| true),
+            None => self.lock.call_method0(py, "acquire").map(|_| ()),
         }
     }
 
@@ -67,62 +66,57 @@ impl SharedValue {
 
     /// Reads the number in place. Must hold the lock.
     fn read(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        if self.code == 0 {
+            return self.obj.getattr(py, "value");
+        }
+        // SAFETY: `read_raw` returns a new reference or NULL with an exception set.
+        unsafe { Ok(Bound::from_owned_ptr_or_err(py, self.read_raw())?.unbind()) }
+    }
+
+    /// Reads a number handled in place (`code != 0`) as a new Python `int` or `float`: a new
+    /// reference, or NULL with an exception set (no memory for the object). Must hold the
+    /// lock; calls no Python code and drops no Python object.
+    fn read_raw(&self) -> *mut ffi::PyObject {
         let p = self.addr;
         // SAFETY: (all arms) `addr` is the address of a live ctypes object of this typecode's
         // size (checked in `new`), aligned for it (arena blocks are 64-aligned and ctypes
         // objects are naturally aligned), kept alive by `self.obj`; other processes touch the
-        // same bytes only through whole, aligned accesses, so atomic loads are sound.
-        let v = unsafe {
+        // same bytes only through whole, aligned accesses, so atomic loads are sound. The
+        // constructors are called with the interpreter attached (our callers are).
+        unsafe {
+            let int = |v: i64| ffi::PyLong_FromLongLong(v);
             match self.code {
-                b'b' => (*(p as *const AtomicI8))
-                    .load(Ordering::Relaxed)
-                    .into_pyobject(py)?
-                    .into_any(),
-                b'B' => ((*(p as *const AtomicI8)).load(Ordering::Relaxed) as u8)
-                    .into_pyobject(py)?
-                    .into_any(),
-                b'h' => (*(p as *const AtomicI16))
-                    .load(Ordering::Relaxed)
-                    .into_pyobject(py)?
-                    .into_any(),
-                b'H' => ((*(p as *const AtomicI16)).load(Ordering::Relaxed) as u16)
-                    .into_pyobject(py)?
-                    .into_any(),
-                b'i' => (*(p as *const AtomicI32))
-                    .load(Ordering::Relaxed)
-                    .into_pyobject(py)?
-                    .into_any(),
-                b'I' => (*(p as *const AtomicU32))
-                    .load(Ordering::Relaxed)
-                    .into_pyobject(py)?
-                    .into_any(),
-                b'q' => (*(p as *const AtomicI64))
-                    .load(Ordering::Relaxed)
-                    .into_pyobject(py)?
-                    .into_any(),
-                b'Q' => (*(p as *const AtomicU64))
-                    .load(Ordering::Relaxed)
-                    .into_pyobject(py)?
-                    .into_any(),
-                b'f' => f64::from(f32::from_bits(
+                b'b' => int((*(p as *const AtomicI8)).load(Ordering::Relaxed).into()),
+                b'B' => int(((*(p as *const AtomicI8)).load(Ordering::Relaxed) as u8).into()),
+                b'h' => int((*(p as *const AtomicI16)).load(Ordering::Relaxed).into()),
+                b'H' => int(((*(p as *const AtomicI16)).load(Ordering::Relaxed) as u16).into()),
+                b'i' => int((*(p as *const AtomicI32)).load(Ordering::Relaxed).into()),
+                b'I' => int((*(p as *const AtomicU32)).load(Ordering::Relaxed).into()),
+                b'q' => int((*(p as *const AtomicI64)).load(Ordering::Relaxed)),
+                b'Q' => ffi::PyLong_FromUnsignedLongLong(
+                    (*(p as *const AtomicU64)).load(Ordering::Relaxed),
+                ),
+                b'f' => ffi::PyFloat_FromDouble(f64::from(f32::from_bits(
                     (*(p as *const AtomicU32)).load(Ordering::Relaxed),
-                ))
-                .into_pyobject(py)?
-                .into_any(),
-                b'd' => f64::from_bits((*(p as *const AtomicU64)).load(Ordering::Relaxed))
-                    .into_pyobject(py)?
-                    .into_any(),
-                _ => return self.obj.getattr(py, "value"),
+                ))),
+                b'd' => ffi::PyFloat_FromDouble(f64::from_bits(
+                    (*(p as *const AtomicU64)).load(Ordering::Relaxed),
+                )),
+                _ => {
+                    ffi::PyErr_SetString(
+                        ffi::PyExc_SystemError,
+                        c"SharedValue.read_raw: typecode not handled in place".as_ptr(),
+                    );
+                    std::ptr::null_mut()
+                }
             }
-        };
-        Ok(v.unbind())
+        }
     }
 
     /// Writes the number in place if `value` is an exact `int` (fitting 64 bits; wrapped to
     /// the type's width as ctypes does) or `float` for a float type; else through ctypes.
     /// Must hold the lock.
     fn write(&self, py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<()> {
-        let p = self.addr;
         let is_int = value.is_exact_instance_of::<PyInt>();
         let int_bits: Option<u64> = if is_int {
             value
@@ -133,31 +127,103 @@ impl SharedValue {
         } else {
             None
         };
-        // SAFETY: (all arms) as in `read`; stores of the exact width of the C type.
-        unsafe {
-            match (self.code, int_bits) {
-                (b'b' | b'B', Some(v)) => {
-                    (*(p as *const AtomicI8)).store(v as i8, Ordering::Relaxed)
-                }
-                (b'h' | b'H', Some(v)) => {
-                    (*(p as *const AtomicI16)).store(v as i16, Ordering::Relaxed)
-                }
-                (b'i' | b'I', Some(v)) => {
-                    (*(p as *const AtomicU32)).store(v as u32, Ordering::Relaxed)
-                }
-                (b'q' | b'Q', Some(v)) => (*(p as *const AtomicU64)).store(v, Ordering::Relaxed),
-                (b'f' | b'd', _) if value.is_exact_instance_of::<PyFloat>() || is_int => {
-                    let x: f64 = value.extract()?;
-                    if self.code == b'f' {
-                        (*(p as *const AtomicU32)).store((x as f32).to_bits(), Ordering::Relaxed)
-                    } else {
-                        (*(p as *const AtomicU64)).store(x.to_bits(), Ordering::Relaxed)
-                    }
-                }
-                _ => self.obj.setattr(py, "value", value)?,
+        match (self.code, int_bits) {
+            (b'f' | b'd', _) if value.is_exact_instance_of::<PyFloat>() || is_int => {
+                self.store_float(value.extract()?)
             }
+            (b'b' | b'B' | b'h' | b'H' | b'i' | b'I' | b'q' | b'Q', Some(v)) => self.store_bits(v),
+            _ => self.obj.setattr(py, "value", value)?,
         }
         Ok(())
+    }
+
+    /// Stores the low bits of `v` that fit an integer typecode handled in place. Must hold the
+    /// lock.
+    fn store_bits(&self, v: u64) {
+        let p = self.addr;
+        // SAFETY: (all arms) as in `read_raw`; stores of the exact width of the C type.
+        unsafe {
+            match self.code {
+                b'b' | b'B' => (*(p as *const AtomicI8)).store(v as i8, Ordering::Relaxed),
+                b'h' | b'H' => (*(p as *const AtomicI16)).store(v as i16, Ordering::Relaxed),
+                b'i' | b'I' => (*(p as *const AtomicU32)).store(v as u32, Ordering::Relaxed),
+                b'q' | b'Q' => (*(p as *const AtomicU64)).store(v, Ordering::Relaxed),
+                _ => {}
+            }
+        }
+    }
+
+    /// Stores `x` for a float typecode handled in place. Must hold the lock.
+    fn store_float(&self, x: f64) {
+        let p = self.addr;
+        // SAFETY: as in `read_raw`; stores of the exact width of the C type.
+        unsafe {
+            match self.code {
+                b'f' => (*(p as *const AtomicU32)).store((x as f32).to_bits(), Ordering::Relaxed),
+                b'd' => (*(p as *const AtomicU64)).store(x.to_bits(), Ordering::Relaxed),
+                _ => {}
+            }
+        }
+    }
+
+    /// The fast path of the raw `value` getter (`src/py/fastcall.rs`): an rmp lock that is
+    /// free now, or already held by the calling thread, and a number handled in place. Returns
+    /// a new reference (or NULL with an exception set); `None`: use the PyO3 getter, which
+    /// waits, calls a foreign lock or goes through ctypes. Nothing but this Rust code runs
+    /// while the lock is held, so a recursive lock the caller already holds (inside `with
+    /// v.get_lock():`) is not taken again: that level could not be observed.
+    pub(crate) fn try_get_in_place(&self) -> Option<*mut ffi::PyObject> {
+        if self.code == 0 {
+            return None;
+        }
+        let l = self.fast_lock.as_ref()?.get();
+        let taken = l.try_acquire_fast_or_held()?;
+        let r = self.read_raw();
+        if taken {
+            // Cannot fail: we hold what we release.
+            let _ = l.try_release_fast();
+        }
+        Some(r)
+    }
+
+    /// The fast path of the raw `value` setter: as [`Self::try_get_in_place`], for an exact
+    /// `int` within 64 signed bits (integer types) or an exact `float` (float types). Returns
+    /// whether it stored the value; `false`: use the PyO3 setter.
+    pub(crate) fn try_set_in_place(&self, value: &Bound<'_, PyAny>) -> bool {
+        let Some(lock) = self.fast_lock.as_ref() else {
+            return false;
+        };
+        let float = matches!(self.code, b'f' | b'd');
+        let (bits, x) = if self.code == 0 {
+            return false;
+        } else if float && value.is_exact_instance_of::<PyFloat>() {
+            // SAFETY: `value` is an exact float.
+            (0, unsafe { ffi::PyFloat_AS_DOUBLE(value.as_ptr()) })
+        } else if !float && value.is_exact_instance_of::<PyInt>() {
+            let mut overflow = 0;
+            // SAFETY: `value` is an exact int: out of range sets `overflow`, not an exception.
+            let v = unsafe { ffi::PyLong_AsLongLongAndOverflow(value.as_ptr(), &mut overflow) };
+            if overflow != 0 {
+                return false;
+            }
+            (v as u64, 0.0)
+        } else {
+            return false;
+        };
+        let l = lock.get();
+        let Some(taken) = l.try_acquire_fast_or_held() else {
+            return false;
+        };
+        if float {
+            self.store_float(x);
+        } else {
+            self.store_bits(bits);
+        }
+        if taken {
+            // Cannot fail: we hold what we release.
+            let _ = l.try_release_fast();
+        }
+        true
     }
 }
 
@@ -205,23 +271,19 @@ impl SharedValue {
 
     /// The value, read under the lock.
     #[getter]
-    pub(crate) fn get_value(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        let taken = self.lock(py)?;
+    fn get_value(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.lock(py)?;
         let r = self.read(py);
-        if taken {
-            self.unlock(py)?;
-        }
+        self.unlock(py)?;
         r
     }
 
     /// Sets the value under the lock.
     #[setter]
-    pub(crate) fn set_value(&self, py: Python<'_>, value: Bound<'_, PyAny>) -> PyResult<()> {
-        let taken = self.lock(py)?;
+    fn set_value(&self, py: Python<'_>, value: Bound<'_, PyAny>) -> PyResult<()> {
+        self.lock(py)?;
         let r = self.write(py, &value);
-        if taken {
-            self.unlock(py)?;
-        }
+        self.unlock(py)?;
         r
     }
 
@@ -236,18 +298,7 @@ impl SharedValue {
     }
 
     fn __enter__(&self, py: Python<'_>) -> PyResult<bool> {
-        // Always a real level (not `lock`'s nested shortcut): `__exit__` releases one.
-        match &self.fast_lock {
-            Some(l) => {
-                let l = l.get();
-                if !l.try_acquire_fast() {
-                    l.acquire(py, true, None)?;
-                }
-            }
-            None => {
-                self.lock.call_method0(py, "acquire")?;
-            }
-        }
+        self.lock(py)?;
         Ok(true)
     }
 
