@@ -651,12 +651,14 @@ class _Blocked:
         if kind == "Lock":
             self.obj = rmp.Lock()
             self.obj.acquire()
-        elif kind == "RLock":
-            self.obj = rmp.RLock()
+        elif kind in ("RLock", "Value"):
+            # Value: reading `value` waits for its lock, which another thread holds.
+            self.obj = rmp.RLock() if kind == "RLock" else rmp.Value("i", 5)
+            lock = self.obj if kind == "RLock" else self.obj.get_lock()
             held, self.go = threading.Event(), threading.Event()
 
             def hold():
-                with self.obj:
+                with lock:
                     held.set()
                     self.go.wait(30)
 
@@ -676,6 +678,8 @@ class _Blocked:
             raise AssertionError(kind)
 
     def call(self, timeout):
+        if self.kind == "Value":
+            return self.obj.value  # no timeout: `value` waits as long as the lock is held
         if self.kind in ("Lock", "RLock", "Semaphore"):
             return self.obj.acquire(timeout=timeout)
         return self.obj.wait(timeout)
@@ -683,7 +687,7 @@ class _Blocked:
     def unblock(self):
         if self.kind == "Lock":
             self.obj.release()
-        elif self.kind == "RLock":
+        elif self.kind in ("RLock", "Value"):
             self.go.set()
         elif self.kind == "Semaphore":
             self.obj.release()
@@ -698,6 +702,8 @@ class _Blocked:
     def after_success(self, result):
         if self.kind == "Barrier":
             assert result in (0, 1)
+        elif self.kind == "Value":
+            assert result == 5
         else:
             assert result is True
         if self.kind in ("Lock", "RLock", "Condition"):
@@ -725,6 +731,12 @@ class _Blocked:
             assert obj.acquire(timeout=10) is True
             assert repr(obj) == "<RLock(MainProcess, 1)>"
             obj.release()
+        elif self.kind == "Value":
+            lock = obj.get_lock()
+            assert repr(lock) == "<RLock(SomeOtherThread, nonzero)>"  # untouched
+            self.go.set()
+            self.thread.join(10)
+            assert obj.value == 5 and repr(lock) == "<RLock(None, 0)>"
         elif self.kind == "Semaphore":
             assert obj.get_value() == 0
             obj.release()
@@ -749,7 +761,7 @@ class _Blocked:
             t.join(10)
 
 
-BLOCKING = ["Lock", "RLock", "Semaphore", "Condition", "Event", "Barrier"]
+BLOCKING = ["Lock", "RLock", "Semaphore", "Condition", "Event", "Barrier", "Value"]
 
 
 @pytest.mark.parametrize("kind", BLOCKING)
