@@ -209,14 +209,11 @@ def main(listener_fd, alive_r, preload, main_path=None, sys_path=None, sys_argv=
         signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
     }
     old_wakeup = signal.set_wakeup_fd(sig_w)
-    conns = {}  # pid -> client connection waiting for that child's exit status
-    exited = {}  # pid -> exit code, for children that ended before they reported in
     ctl, ctl_spare = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     # Drained until EAGAIN below (socket.recv_fds ignores its flags argument).
     ctl.setblocking(False)
     listener = socket.socket(socket.AF_UNIX, fileno=listener_fd)
     listener.setblocking(True)
-    spare = None
     server_pid = os.getpid()
 
     def fork_spare():
@@ -228,7 +225,7 @@ def main(listener_fd, alive_r, preload, main_path=None, sys_path=None, sys_argv=
         code = 1
         try:
             selector.close()
-            for c in conns.values():
+            for c in book.conns.values():
                 c.close()
             ctl.close()
             for fd in (sig_r, sig_w):
@@ -251,13 +248,15 @@ def main(listener_fd, alive_r, preload, main_path=None, sys_path=None, sys_argv=
             pass
         conn.close()
 
+    book = _Children(report)
+
     with listener, ctl, ctl_spare, selectors.DefaultSelector() as selector:
         selector.register(alive_r, selectors.EVENT_READ)
         selector.register(sig_r, selectors.EVENT_READ)
         selector.register(ctl, selectors.EVENT_READ)
         while True:
-            if spare is None:
-                spare = fork_spare()
+            if book.spare is None:
+                book.forked(fork_spare())
             ready = [key.fileobj for key, _ in selector.select()]
             if alive_r in ready:
                 # The parent is gone (EOF): stop serving; the idle spare sees it too.
@@ -275,24 +274,52 @@ def main(listener_fd, alive_r, preload, main_path=None, sys_path=None, sys_argv=
                     (pid,) = _HELLO.unpack(msg)
                     conn = socket.socket(socket.AF_UNIX, fileno=fds[0])
                     conn.setblocking(True)
-                    if pid == spare:
-                        spare = None
-                    if pid in exited:
-                        report(conn, exited.pop(pid))
-                    else:
-                        conns[pid] = conn
+                    book.taken(pid, conn)
             if sig_r in ready:
                 try:
                     os.read(sig_r, 65536)
                 except BlockingIOError:
                     pass
                 for pid, code in _reaped():
-                    if pid == spare:
-                        spare = None  # died idle (killed?): fork another
-                    elif pid in conns:
-                        report(conns.pop(pid), code)
-                    else:
-                        exited[pid] = code
+                    book.reaped(pid, code)
+
+
+class _Children:
+    """The server's book of its children: the idle spare, the clients waiting for a taken
+    child's exit status, and the statuses of children reaped before they reported in.
+
+    A taken child's two events, its "taken" message (``taken``) and its reaping (``reaped``),
+    may come in either order: the server can be descheduled between reaping one child and
+    the next while a new child is taken, runs and ends, and then reaps it before reading its
+    message (a client then waited forever for that status)."""
+
+    def __init__(self, report):
+        self.spare = None  # pid of the idle spare, None when one must be forked
+        self.conns = {}  # pid -> client connection waiting for that child's exit status
+        self.exited = {}  # pid -> exit code of a child reaped before it reported in
+        self._report = report  # report(conn, code): send the status, close the connection
+
+    def forked(self, pid):
+        self.spare = pid
+        self.exited.pop(pid, None)  # a status kept for an earlier process with this pid
+
+    def taken(self, pid, conn):
+        if pid == self.spare:
+            self.spare = None
+        if pid in self.exited:
+            self._report(conn, self.exited.pop(pid))
+        else:
+            self.conns[pid] = conn
+
+    def reaped(self, pid, code):
+        if pid in self.conns:
+            self._report(self.conns.pop(pid), code)
+            return
+        # An idle spare that died (its status is never asked for), or a taken child whose
+        # message is still unread: keep the status for that message.
+        self.exited[pid] = code
+        if pid == self.spare:
+            self.spare = None
 
 
 def _reaped():
