@@ -173,18 +173,25 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         "semlock_exit",
     ];
     for (def, name) in DEFS.0.iter().zip(names) {
-        // SAFETY: `ty` is a live type object and `def` a 'static method definition; the
-        // call returns a new reference or NULL with an exception set.
-        let descr = unsafe {
-            let raw = ffi::PyDescr_NewMethod(
-                ty.as_ptr().cast::<ffi::PyTypeObject>(),
-                ptr::from_ref(def).cast_mut(),
-            );
-            Bound::from_owned_ptr_or_err(py, raw)?
-        };
-        m.add(name, descr)?;
+        m.add(name, method_descriptor(&ty, def)?)?;
     }
     Ok(())
+}
+
+/// A method descriptor of `ty` for the 'static definition `def`.
+fn method_descriptor<'py>(
+    ty: &Bound<'py, pyo3::types::PyType>,
+    def: &'static ffi::PyMethodDef,
+) -> PyResult<Bound<'py, PyAny>> {
+    // SAFETY: `ty` is a live type object and `def` outlives every descriptor made from it;
+    // the call returns a new reference or NULL with an exception set.
+    unsafe {
+        let raw = ffi::PyDescr_NewMethod(
+            ty.as_ptr().cast::<ffi::PyTypeObject>(),
+            ptr::from_ref(def).cast_mut(),
+        );
+        Bound::from_owned_ptr_or_err(ty.py(), raw)
+    }
 }
 
 /// The PyO3 getset descriptor of `SharedValue.value` (the full getter and setter, through
@@ -329,16 +336,19 @@ pub(crate) fn register_value(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     let ty = py.get_type::<SharedValue>();
     let _ = PYO3_VALUE.set(py, ty.getattr("value")?.unbind());
-    // SAFETY: `ty` is a live type object and the definitions are 'static; each call returns
-    // a new reference or NULL with an exception set.
-    let (getset, method) = unsafe {
-        let tp = ty.as_ptr().cast::<ffi::PyTypeObject>();
-        let g = ffi::PyDescr_NewGetSet(tp, ptr::from_ref(&VALUE_DEFS.0).cast_mut());
-        let g = Bound::from_owned_ptr_or_err(py, g)?;
-        let f = ffi::PyDescr_NewMethod(tp, ptr::from_ref(&VALUE_DEFS.1).cast_mut());
-        (g, Bound::from_owned_ptr_or_err(py, f)?)
+    // SAFETY: `ty` is a live type object and the definition is 'static; the call returns a
+    // new reference or NULL with an exception set.
+    let getset = unsafe {
+        let raw = ffi::PyDescr_NewGetSet(
+            ty.as_ptr().cast::<ffi::PyTypeObject>(),
+            ptr::from_ref(&VALUE_DEFS.0).cast_mut(),
+        );
+        Bound::from_owned_ptr_or_err(py, raw)?
     };
     m.add("sharedvalue_value", getset)?;
-    m.add("sharedvalue_get_lock", method)?;
+    m.add(
+        "sharedvalue_get_lock",
+        method_descriptor(&ty, &VALUE_DEFS.1)?,
+    )?;
     Ok(())
 }

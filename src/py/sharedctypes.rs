@@ -114,71 +114,86 @@ impl SharedValue {
     }
 
     /// Writes the number in place if `value` is an exact `int` (fitting 64 bits; wrapped to
-    /// the type's width as ctypes does) or `float` for a float type; else through ctypes.
-    /// Must hold the lock.
+    /// the type's width as ctypes does) or, for a float type, an exact `float` or `int`; else
+    /// through ctypes. Must hold the lock.
     fn write(&self, py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<()> {
-        let is_int = value.is_exact_instance_of::<PyInt>();
-        let int_bits: Option<u64> = if is_int {
-            value
-                .extract::<i64>()
-                .map(|v| v as u64)
-                .or_else(|_| value.extract::<u64>())
-                .ok()
-        } else {
-            None
-        };
-        match (self.code, int_bits) {
-            (b'f' | b'd', _) if value.is_exact_instance_of::<PyFloat>() || is_int => {
-                self.store_float(value.extract()?)
-            }
-            (b'b' | b'B' | b'h' | b'H' | b'i' | b'I' | b'q' | b'Q', Some(v)) => self.store_bits(v),
-            _ => self.obj.setattr(py, "value", value)?,
+        if let Some(n) = self.plain_number(value) {
+            self.store(n);
+            return Ok(());
         }
-        Ok(())
+        // What `plain_number` leaves to Python: ints beyond 64 signed bits, ints for floats.
+        if self.code != 0 && value.is_exact_instance_of::<PyInt>() {
+            if matches!(self.code, b'f' | b'd') {
+                self.store(Number::Float(value.extract()?));
+                return Ok(());
+            }
+            if let Ok(v) = value.extract::<u64>() {
+                self.store(Number::Bits(v));
+                return Ok(());
+            }
+        }
+        self.obj.setattr(py, "value", value)
     }
 
-    /// Stores the low bits of `v` that fit an integer typecode handled in place. Must hold the
-    /// lock.
-    fn store_bits(&self, v: u64) {
+    /// The number `value` stores in place without running Python code or creating a Python
+    /// object: an exact `int` within 64 signed bits for an integer typecode, an exact `float`
+    /// for a float typecode. `None`: anything else (or no typecode handled in place).
+    fn plain_number(&self, value: &Bound<'_, PyAny>) -> Option<Number> {
+        match self.code {
+            0 => None,
+            b'f' | b'd' => value.is_exact_instance_of::<PyFloat>().then(|| {
+                // SAFETY: `value` is an exact float.
+                Number::Float(unsafe { ffi::PyFloat_AS_DOUBLE(value.as_ptr()) })
+            }),
+            _ if value.is_exact_instance_of::<PyInt>() => {
+                let mut overflow = 0;
+                // SAFETY: `value` is an exact int: out of range sets `overflow`, not an
+                // exception.
+                let v = unsafe { ffi::PyLong_AsLongLongAndOverflow(value.as_ptr(), &mut overflow) };
+                (overflow == 0).then_some(Number::Bits(v as u64))
+            }
+            _ => None,
+        }
+    }
+
+    /// Stores `n` for the typecode handled in place (the low bits that fit an integer type).
+    /// Must hold the lock.
+    fn store(&self, n: Number) {
         let p = self.addr;
         // SAFETY: (all arms) as in `read_raw`; stores of the exact width of the C type.
         unsafe {
-            match self.code {
-                b'b' | b'B' => (*(p as *const AtomicI8)).store(v as i8, Ordering::Relaxed),
-                b'h' | b'H' => (*(p as *const AtomicI16)).store(v as i16, Ordering::Relaxed),
-                b'i' | b'I' => (*(p as *const AtomicU32)).store(v as u32, Ordering::Relaxed),
-                b'q' | b'Q' => (*(p as *const AtomicU64)).store(v, Ordering::Relaxed),
+            match (self.code, n) {
+                (b'b' | b'B', Number::Bits(v)) => {
+                    (*(p as *const AtomicI8)).store(v as i8, Ordering::Relaxed)
+                }
+                (b'h' | b'H', Number::Bits(v)) => {
+                    (*(p as *const AtomicI16)).store(v as i16, Ordering::Relaxed)
+                }
+                (b'i' | b'I', Number::Bits(v)) => {
+                    (*(p as *const AtomicU32)).store(v as u32, Ordering::Relaxed)
+                }
+                (b'q' | b'Q', Number::Bits(v)) => {
+                    (*(p as *const AtomicU64)).store(v, Ordering::Relaxed)
+                }
+                (b'f', Number::Float(x)) => {
+                    (*(p as *const AtomicU32)).store((x as f32).to_bits(), Ordering::Relaxed)
+                }
+                (b'd', Number::Float(x)) => {
+                    (*(p as *const AtomicU64)).store(x.to_bits(), Ordering::Relaxed)
+                }
                 _ => {}
             }
         }
     }
 
-    /// Stores `x` for a float typecode handled in place. Must hold the lock.
-    fn store_float(&self, x: f64) {
-        let p = self.addr;
-        // SAFETY: as in `read_raw`; stores of the exact width of the C type.
-        unsafe {
-            match self.code {
-                b'f' => (*(p as *const AtomicU32)).store((x as f32).to_bits(), Ordering::Relaxed),
-                b'd' => (*(p as *const AtomicU64)).store(x.to_bits(), Ordering::Relaxed),
-                _ => {}
-            }
-        }
-    }
-
-    /// The fast path of the raw `value` getter (`src/py/fastcall.rs`): an rmp lock that is
-    /// free now, or already held by the calling thread, and a number handled in place. Returns
-    /// a new reference (or NULL with an exception set); `None`: use the PyO3 getter, which
-    /// waits, calls a foreign lock or goes through ctypes. Nothing but this Rust code runs
-    /// while the lock is held, so a recursive lock the caller already holds (inside `with
-    /// v.get_lock():`) is not taken again: that level could not be observed.
-    pub(crate) fn try_get_in_place(&self) -> Option<*mut ffi::PyObject> {
-        if self.code == 0 {
-            return None;
-        }
+    /// Runs `f` under the lock when it is an rmp lock free now or already held by the calling
+    /// thread; `None` (and `f` not run) otherwise. `f` must run no Python code: a recursive
+    /// lock the caller already holds (inside `with v.get_lock():`) is not taken again, since
+    /// that level could not be observed.
+    fn under_fast_lock<R>(&self, f: impl FnOnce() -> R) -> Option<R> {
         let l = self.fast_lock.as_ref()?.get();
         let taken = l.try_acquire_fast_or_held()?;
-        let r = self.read_raw();
+        let r = f();
         if taken {
             // Cannot fail: we hold what we release.
             let _ = l.try_release_fast();
@@ -186,45 +201,32 @@ impl SharedValue {
         Some(r)
     }
 
-    /// The fast path of the raw `value` setter: as [`Self::try_get_in_place`], for an exact
-    /// `int` within 64 signed bits (integer types) or an exact `float` (float types). Returns
-    /// whether it stored the value; `false`: use the PyO3 setter.
-    pub(crate) fn try_set_in_place(&self, value: &Bound<'_, PyAny>) -> bool {
-        let Some(lock) = self.fast_lock.as_ref() else {
-            return false;
-        };
-        let float = matches!(self.code, b'f' | b'd');
-        let (bits, x) = if self.code == 0 {
-            return false;
-        } else if float && value.is_exact_instance_of::<PyFloat>() {
-            // SAFETY: `value` is an exact float.
-            (0, unsafe { ffi::PyFloat_AS_DOUBLE(value.as_ptr()) })
-        } else if !float && value.is_exact_instance_of::<PyInt>() {
-            let mut overflow = 0;
-            // SAFETY: `value` is an exact int: out of range sets `overflow`, not an exception.
-            let v = unsafe { ffi::PyLong_AsLongLongAndOverflow(value.as_ptr(), &mut overflow) };
-            if overflow != 0 {
-                return false;
-            }
-            (v as u64, 0.0)
-        } else {
-            return false;
-        };
-        let l = lock.get();
-        let Some(taken) = l.try_acquire_fast_or_held() else {
-            return false;
-        };
-        if float {
-            self.store_float(x);
-        } else {
-            self.store_bits(bits);
+    /// The fast path of the raw `value` getter (`src/py/fastcall.rs`): a number handled in
+    /// place, under [`Self::under_fast_lock`]. Returns a new reference (or NULL with an
+    /// exception set); `None`: use the PyO3 getter, which waits, calls a foreign lock or goes
+    /// through ctypes.
+    pub(crate) fn try_get_in_place(&self) -> Option<*mut ffi::PyObject> {
+        if self.code == 0 {
+            return None;
         }
-        if taken {
-            // Cannot fail: we hold what we release.
-            let _ = l.try_release_fast();
-        }
-        true
+        self.under_fast_lock(|| self.read_raw())
     }
+
+    /// The fast path of the raw `value` setter: a [`Self::plain_number`] stored under
+    /// [`Self::under_fast_lock`]. Returns whether it stored it; `false`: use the PyO3 setter.
+    pub(crate) fn try_set_in_place(&self, value: &Bound<'_, PyAny>) -> bool {
+        match self.plain_number(value) {
+            Some(n) => self.under_fast_lock(|| self.store(n)).is_some(),
+            None => false,
+        }
+    }
+}
+
+/// A number stored in place: the bits of an integer, or a float.
+#[derive(Clone, Copy)]
+enum Number {
+    Bits(u64),
+    Float(f64),
 }
 
 fn width(code: u8) -> Option<usize> {

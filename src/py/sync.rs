@@ -121,23 +121,13 @@ impl SemLock {
     /// thread identity needed), or a mutex that is free or already the caller's. False: take
     /// the waiting path (`acquire`).
     pub(crate) fn try_acquire_fast(&self) -> bool {
-        let st = self.state();
-        if self.kind == SEMAPHORE {
-            let got = st.try_take_unit();
-            if got {
-                self.took();
+        match self.try_acquire_fast_or_held() {
+            Some(true) => true,
+            Some(false) => {
+                self.took(); // one more level of the caller's recursive mutex
+                true
             }
-            return got;
-        }
-        let me = Me::current();
-        if st.held_by(&me) {
-            self.took();
-            true
-        } else if st.try_lock(&me) {
-            self.took_mutex();
-            true
-        } else {
-            false
+            None => false,
         }
     }
 
@@ -147,10 +137,14 @@ impl SemLock {
     /// after); `Some(false)`: already held by the caller (nothing to release); `None`: not
     /// available now (take the waiting path).
     pub(crate) fn try_acquire_fast_or_held(&self) -> Option<bool> {
-        if self.kind == SEMAPHORE {
-            return self.try_acquire_fast().then_some(true);
-        }
         let st = self.state();
+        if self.kind == SEMAPHORE {
+            let got = st.try_take_unit();
+            if got {
+                self.took();
+            }
+            return got.then_some(true);
+        }
         let me = Me::current();
         if st.held_by(&me) {
             Some(false)
