@@ -648,7 +648,7 @@ class _Blocked:
     def __init__(self, kind):
         self.kind = kind
         self.thread = None
-        if kind == "Lock":
+        if kind in ("Lock", "with Lock"):
             self.obj = rmp.Lock()
             self.obj.acquire()
         elif kind in ("RLock", "Value"):
@@ -680,12 +680,16 @@ class _Blocked:
     def call(self, timeout):
         if self.kind == "Value":
             return self.obj.value  # no timeout: `value` waits as long as the lock is held
+        if self.kind == "with Lock":  # `__enter__` waits as long as the lock is held
+            with self.obj as got:
+                assert repr(self.obj) == "<Lock(owner=MainProcess)>"
+            return got
         if self.kind in ("Lock", "RLock", "Semaphore"):
             return self.obj.acquire(timeout=timeout)
         return self.obj.wait(timeout)
 
     def unblock(self):
-        if self.kind == "Lock":
+        if self.kind in ("Lock", "with Lock"):
             self.obj.release()
         elif self.kind in ("RLock", "Value"):
             self.go.set()
@@ -700,6 +704,9 @@ class _Blocked:
             self.obj.wait(10)
 
     def after_success(self, result):
+        if self.kind == "with Lock":  # `__exit__` released it
+            assert self.obj.acquire(False) is True
+            self.obj.release()
         if self.kind == "Barrier":
             assert result in (0, 1)
         elif self.kind == "Value":
@@ -719,7 +726,7 @@ class _Blocked:
     def after_interrupt(self):
         """The primitive is left as it was, and still works."""
         obj = self.obj
-        if self.kind == "Lock":
+        if self.kind in ("Lock", "with Lock"):  # `with`: neither the body nor `__exit__` ran
             assert repr(obj) == "<Lock(owner=MainProcess)>"
             obj.release()
             assert obj.acquire(False) is True
@@ -761,7 +768,7 @@ class _Blocked:
             t.join(10)
 
 
-BLOCKING = ["Lock", "RLock", "Semaphore", "Condition", "Event", "Barrier", "Value"]
+BLOCKING = ["Lock", "with Lock", "RLock", "Semaphore", "Condition", "Event", "Barrier", "Value"]
 
 
 @pytest.mark.parametrize("kind", BLOCKING)

@@ -2,7 +2,7 @@
 
 from os import PathLike
 from types import TracebackType
-from typing import Any, Optional, Sequence, Union, final
+from typing import Any, Optional, Sequence, Union, final, overload
 
 from typing_extensions import Buffer, disjoint_base
 
@@ -18,6 +18,8 @@ __all__ = [
     "TaskBoard",
     "die_with_parent",
     "join_feeders",
+    "lock_method",
+    "lock_method_descriptor",
     "monotonic_ns",
     "pack_scalars",
     "plain_decode",
@@ -108,11 +110,38 @@ class SemLock:
     def _owner_pid(self) -> int: ...
     def _after_fork(self) -> None: ...
 
-# Raw method descriptors of SemLock (the fast acquire/release and with-statement).
+# Raw method descriptors of SemLock (the fast acquire/release), and its __enter__/__exit__
+# descriptors, whose bindings a lock keeps for reuse (src/py/withlock.rs).
 semlock_acquire: Any
 semlock_release: Any
-semlock_enter: Any
-semlock_exit: Any
+semlock_enter: lock_method_descriptor
+semlock_exit: lock_method_descriptor
+
+@final
+class lock_method:
+    """A lock's bound ``__enter__`` or ``__exit__``."""
+
+    @property
+    def __self__(self) -> SemLock | None: ...
+    @property
+    def __name__(self) -> str: ...
+    def __call__(self, *args: object) -> bool | None: ...
+
+@final
+class lock_method_descriptor:
+    """``SemLock.__enter__`` / ``SemLock.__exit__``."""
+
+    @property
+    def __name__(self) -> str: ...
+    @property
+    def __qualname__(self) -> str: ...
+    @property
+    def __objclass__(self) -> type[SemLock]: ...
+    @overload
+    def __get__(self, instance: None, owner: type | None = None, /) -> lock_method_descriptor: ...
+    @overload
+    def __get__(self, instance: SemLock, owner: type | None = None, /) -> lock_method: ...
+    def __call__(self, lock: SemLock, /, *args: object) -> bool | None: ...
 
 # Raw descriptors of SharedValue (`Synchronized.value` and `get_lock()`).
 sharedvalue_value: Any

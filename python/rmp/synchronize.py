@@ -56,7 +56,8 @@ class SemLock(_core.SemLock):
 
     # Raw method descriptors of _core.SemLock: the uncontended call is one CAS with no
     # argument parsing; anything else goes to the full methods (_acquire/_release). `with`
-    # uses the same two.
+    # uses the same two, through descriptors whose bindings the lock keeps for reuse
+    # (src/py/withlock.rs), so that a `with` statement allocates nothing.
     acquire = _core.semlock_acquire
     release = _core.semlock_release
     __enter__ = _core.semlock_enter

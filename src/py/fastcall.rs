@@ -1,5 +1,5 @@
 //! Raw C-API entry points for the hottest calls, `Lock.acquire()` and `Lock.release()` (and
-//! `with lock:`, which is the same two):
+//! `with lock:`, which `super::withlock` runs through the same two):
 //! method descriptors whose fast path (a semaphore-kind lock with a unit free, called without
 //! arguments) is one CAS and no argument parsing, and which hand every other case to the full
 //! PyO3 methods (`_acquire`, `_release`), so behaviour is defined in one place. An uncontended
@@ -78,7 +78,7 @@ unsafe extern "C" fn acquire(
     unsafe { forward(pyo3::intern!(py, "_acquire"), slf, args, nargs, kwnames) }
 }
 
-unsafe extern "C" fn release(
+pub(crate) unsafe extern "C" fn release(
     slf: *mut ffi::PyObject,
     _unused: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
@@ -102,8 +102,8 @@ unsafe extern "C" fn release(
     }
 }
 
-/// `with lock:` — `__enter__` is `acquire()`.
-unsafe extern "C" fn enter(
+/// `__enter__` is `acquire()` (called by `super::withlock`).
+pub(crate) unsafe extern "C" fn enter(
     slf: *mut ffi::PyObject,
     _unused: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
@@ -111,19 +111,9 @@ unsafe extern "C" fn enter(
     unsafe { acquire(slf, ptr::null(), 0, ptr::null_mut()) }
 }
 
-/// `__exit__(*exc_info)` is `release()`, whatever the arguments.
-unsafe extern "C" fn exit(
-    slf: *mut ffi::PyObject,
-    _args: *mut *mut ffi::PyObject,
-    _nargs: ffi::Py_ssize_t,
-) -> *mut ffi::PyObject {
-    // SAFETY: `release` ignores its second argument.
-    unsafe { release(slf, ptr::null_mut()) }
-}
-
 /// `PyMethodDef`s must outlive every descriptor made from them: statics. They hold raw
 /// pointers, hence the wrapper.
-struct Defs([ffi::PyMethodDef; 4]);
+struct Defs([ffi::PyMethodDef; 2]);
 // SAFETY: the definitions are never mutated after initialisation and only read by CPython.
 unsafe impl Sync for Defs {}
 
@@ -144,34 +134,15 @@ static DEFS: Defs = Defs([
         ml_flags: ffi::METH_NOARGS,
         ml_doc: c"release()\n--\n\nRelease the semaphore/lock.".as_ptr(),
     },
-    ffi::PyMethodDef {
-        ml_name: c"__enter__".as_ptr(),
-        ml_meth: ffi::PyMethodDefPointer { PyCFunction: enter },
-        ml_flags: ffi::METH_NOARGS,
-        ml_doc: c"Enter the semaphore/lock (acquire it).".as_ptr(),
-    },
-    ffi::PyMethodDef {
-        ml_name: c"__exit__".as_ptr(),
-        ml_meth: ffi::PyMethodDefPointer {
-            PyCFunctionFast: exit,
-        },
-        ml_flags: ffi::METH_FASTCALL,
-        ml_doc: c"Exit the semaphore/lock (release it).".as_ptr(),
-    },
 ]);
 
-/// Adds `_core.semlock_acquire`, `semlock_release`, `semlock_enter` and `semlock_exit`:
-/// method descriptors of `SemLock` that `rmp.synchronize.SemLock` installs as its `acquire`,
-/// `release`, `__enter__` and `__exit__`.
+/// Adds `_core.semlock_acquire` and `semlock_release`: method descriptors of `SemLock` that
+/// `rmp.synchronize.SemLock` installs as its `acquire` and `release` (its `__enter__` and
+/// `__exit__` come from `super::withlock`).
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     let ty = py.get_type::<CoreSemLock>();
-    let names = [
-        "semlock_acquire",
-        "semlock_release",
-        "semlock_enter",
-        "semlock_exit",
-    ];
+    let names = ["semlock_acquire", "semlock_release"];
     for (def, name) in DEFS.0.iter().zip(names) {
         m.add(name, method_descriptor(&ty, def)?)?;
     }

@@ -12,6 +12,7 @@ mod scalars;
 mod sharedctypes;
 mod shm;
 mod sync;
+mod withlock;
 
 use std::io;
 use std::time::{Duration, Instant};
@@ -98,6 +99,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     shm::register(m)?;
     sync::register(m)?;
     fastcall::register(m)?;
+    withlock::register(m)?;
     fastcall::register_value(m)?;
     Ok(())
 }

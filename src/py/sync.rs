@@ -9,6 +9,7 @@ use pyo3::exceptions::{PyAssertionError, PyOSError, PyRuntimeWarning, PyValueErr
 use pyo3::prelude::*;
 
 use super::shm::Segment;
+use super::withlock::Parked;
 use super::{deadline, wait_detached};
 use crate::sync::barrier::{Arrival, BarrierState, Passage};
 use crate::sync::condition::{CondState, Ticket, SLOTS};
@@ -85,9 +86,15 @@ pub struct SemLock {
     count: AtomicU32,
     /// Process-local: `thread_ident()` of the last acquirer in this process (semaphore kind).
     last_tid: AtomicU32,
+    /// This lock's parked `__enter__`/`__exit__` bindings (`super::withlock`).
+    parked: Parked,
 }
 
 impl SemLock {
+    pub(crate) fn parked(&self) -> &Parked {
+        &self.parked
+    }
+
     fn state(&self) -> &SemState {
         self.slot.get()
     }
@@ -223,6 +230,7 @@ impl SemLock {
             name,
             count: AtomicU32::new(0),
             last_tid: AtomicU32::new(0),
+            parked: Parked::default(),
         })
     }
 
