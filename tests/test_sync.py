@@ -1097,3 +1097,41 @@ def test_event_wait_sees_a_set_that_a_clear_undid():
     event.clear()
     t.join(10)
     assert result == [True]  # as threading.Event documents: set during the wait
+
+
+#
+# Garbage collection: a lock's shared memory outlives the finalizers of its garbage
+#
+
+
+def test_a_lock_in_garbage_keeps_its_block_until_its_finalizers_ran():
+    """A collection runs weakref callbacks before finalizers. The block of a lock found in
+    garbage must not go back to the heap (where a lock made meanwhile would get it) while a
+    generator of the same garbage, suspended inside ``with lock:``, has yet to release it."""
+    import gc
+
+    made = []
+
+    class MakesALock:
+        def __del__(self):
+            new = rmp.Lock()
+            new.acquire()
+            made.append(new)
+
+    def holds(lock):
+        with lock:
+            yield
+
+    for _ in range(5):
+        lock = rmp.Lock()
+        gen = holds(lock)
+        next(gen)
+        where = (lock._wrapper.segment, lock._wrapper.offset)
+        lock.cycle = [gen, MakesALock(), lock]  # all of it garbage once dropped
+        del lock, gen
+        gc.collect()
+        new = made.pop()
+        assert (new._wrapper.segment, new._wrapper.offset) != where
+        # The generator's `with` released its own lock, not the new one.
+        assert new.acquire(False) is False
+        new.release()

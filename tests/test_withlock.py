@@ -9,6 +9,7 @@ and `with` takes and gives back the lock whatever the nesting, threads and excep
 from __future__ import annotations
 
 import gc
+import pickle
 import sys
 import threading
 import weakref
@@ -76,6 +77,17 @@ def test_a_binding_is_a_bound_method():
     assert enter() is True
     assert ref()._count() == 1
     exit_()
+    # Equal (and hashed alike) when they are the same method of the same lock, so that
+    # `atexit.unregister(lock.__exit__)` and the like find a registration.
+    other = rmp.Lock()
+    assert enter == enter.__self__.__enter__ and hash(enter) == hash(enter.__self__.__enter__)
+    assert enter != exit_ and enter != other.__enter__ and enter != 5
+    assert {enter: 1}[enter.__self__.__enter__] == 1
+    assert enter.__qualname__ == "Lock.__enter__" and "acquire" in enter.__doc__
+    # Pickled as `getattr(lock, name)`: so only while spawning, as the lock itself.
+    assert enter.__reduce__() == (getattr, (enter.__self__, "__enter__"))
+    with pytest.raises(RuntimeError, match="through inheritance"):
+        pickle.dumps(other.__exit__)
     # The descriptor, from the class.
     descr = synchronize.SemLock.__enter__
     assert (descr.__name__, descr.__qualname__) == ("__enter__", "SemLock.__enter__")
@@ -166,6 +178,22 @@ def test_threads_sharing_a_lock_through_with():
     assert total == [4 * 20_000, 4 * 20_000]
     assert lock._count() == 0 and rlock._count() == 0
     assert lock.acquire(False) and rlock.acquire(False)
+
+
+def _enter_in_child(enter):
+    assert enter() is True
+
+
+@pytest.mark.timeout(60)
+def test_a_binding_is_a_process_target_under_spawn():
+    ctx = rmp.get_context("spawn")
+    lock = ctx.Lock()
+    p = ctx.Process(target=_enter_in_child, args=(lock.__enter__,))
+    p.start()
+    join_or_kill([p])
+    assert p.exitcode == 0
+    assert lock.acquire(False) is False  # the child took it (a Lock may stay taken)
+    lock.release()
 
 
 def _count_with(lock, value, n):

@@ -225,6 +225,13 @@ class BufferWrapper:
         # [block, fork generation at allocation, pickled for another process]
         self._info = [block, heap._generation, False]
         util.Finalize(self, heap.free, args=(self._info,))
+        # Out of the cyclic GC's view (it refers to no object that could lead back to it): a
+        # collection runs the weakref callbacks of its garbage (this Finalize among them)
+        # before the garbage's finalizers, so a wrapper found to be garbage with its lock
+        # would free the block while, say, a generator suspended in `with lock:` has yet to
+        # release it, and a new lock could get the same block. Untracked, the wrapper is
+        # freed only when its owner drops it, after every finalizer.
+        _core.gc_untrack(self)
 
     def create_memoryview(self):
         (arena, start, _stop), size = self._state

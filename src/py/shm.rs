@@ -6,6 +6,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::AtomicU32;
 
 use pyo3::exceptions::PyValueError;
+use pyo3::ffi;
 use pyo3::prelude::*;
 
 use crate::errors::Error;
@@ -140,7 +141,24 @@ impl Segment {
     }
 }
 
+/// Takes `obj` out of the cyclic garbage collector's view (`rmp.heap.BufferWrapper` does this
+/// to itself). An untracked object is never found to be garbage: it is freed only when its
+/// last reference goes, that is after the finalizers of any garbage that holds it have run.
+/// For an object that cannot be part of a reference cycle.
+#[pyfunction]
+fn gc_untrack(obj: &Bound<'_, PyAny>) {
+    // SAFETY: `obj` is a live object and the interpreter is attached; untracking an object
+    // of a GC type that is tracked is what `PyObject_GC_UnTrack` is for, and an object that
+    // is not tracked (or not of a GC type) is left alone.
+    unsafe {
+        if ffi::PyObject_IS_GC(obj.as_ptr()) != 0 && ffi::PyObject_GC_IsTracked(obj.as_ptr()) != 0 {
+            ffi::PyObject_GC_UnTrack(obj.as_ptr().cast());
+        }
+    }
+}
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Segment>()?;
+    m.add_function(wrap_pyfunction!(gc_untrack, m)?)?;
     Ok(())
 }

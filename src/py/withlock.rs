@@ -319,6 +319,101 @@ unsafe extern "C" fn call_name(op: *mut ffi::PyObject, _: *mut c_void) -> *mut f
     unsafe { ffi::PyUnicode_FromString((*op.cast::<LockCall>()).which.name().as_ptr()) }
 }
 
+unsafe extern "C" fn call_qualname(op: *mut ffi::PyObject, _: *mut c_void) -> *mut ffi::PyObject {
+    // SAFETY: a live binding, attached; `%s` gets C strings.
+    unsafe {
+        let c = op.cast::<LockCall>();
+        let owner = if (*c).lock.is_null() {
+            c"SemLock".as_ptr()
+        } else {
+            (*ffi::Py_TYPE((*c).lock)).tp_name
+        };
+        ffi::PyUnicode_FromFormat(c"%s.%s".as_ptr(), owner, (*c).which.name().as_ptr())
+    }
+}
+
+/// The docstring of `which`.
+fn doc(which: Which) -> &'static CStr {
+    match which {
+        Which::Enter => c"Enter the semaphore/lock (acquire it).",
+        Which::Exit => c"Exit the semaphore/lock (release it).",
+    }
+}
+
+unsafe extern "C" fn call_doc(op: *mut ffi::PyObject, _: *mut c_void) -> *mut ffi::PyObject {
+    // SAFETY: a live binding, attached.
+    unsafe { ffi::PyUnicode_FromString(doc((*op.cast::<LockCall>()).which).as_ptr()) }
+}
+
+/// `==` as for bound methods: the same method of the same object (by identity).
+unsafe extern "C" fn call_richcompare(
+    a: *mut ffi::PyObject,
+    b: *mut ffi::PyObject,
+    op: c_int,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython compares live objects, attached; `a` is a binding (our slot).
+    unsafe {
+        let tp = CALL_TYPE.load(Ordering::Acquire);
+        if (op != ffi::Py_EQ && op != ffi::Py_NE) || ffi::Py_TYPE(b) != tp {
+            let r = ffi::Py_NotImplemented();
+            ffi::Py_INCREF(r);
+            return r;
+        }
+        let (x, y) = (a.cast::<LockCall>(), b.cast::<LockCall>());
+        let same = (*x).which as u32 == (*y).which as u32 && (*x).lock == (*y).lock;
+        let r = if same == (op == ffi::Py_EQ) {
+            ffi::Py_True()
+        } else {
+            ffi::Py_False()
+        };
+        ffi::Py_INCREF(r);
+        r
+    }
+}
+
+unsafe extern "C" fn call_hash(op: *mut ffi::PyObject) -> ffi::Py_hash_t {
+    // SAFETY: a live binding, attached.
+    let c = unsafe { &*op.cast::<LockCall>() };
+    // The lock's address (its identity: equal bindings share it) mixed with the method.
+    let h = (c.lock as usize).rotate_right(4) ^ (c.which as usize + 1).wrapping_mul(0x9e37_79b9);
+    match h as ffi::Py_hash_t {
+        -1 => -2,
+        h => h,
+    }
+}
+
+/// `__reduce__`: `getattr(lock, name)`, as for bound methods (the lock pickles as it does:
+/// only while spawning).
+unsafe extern "C" fn call_reduce(
+    op: *mut ffi::PyObject,
+    _: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: a live binding, attached; each call returns a new reference or NULL with an
+    // exception set, and every reference made here is handed on or released.
+    unsafe {
+        let c = op.cast::<LockCall>();
+        if (*c).lock.is_null() {
+            ffi::PyErr_SetString(
+                ffi::PyExc_ReferenceError,
+                c"this lock method's lock is gone".as_ptr(),
+            );
+            return ptr::null_mut();
+        }
+        // A borrowed reference into the builtins dict.
+        let getattr = ffi::PyDict_GetItemString(ffi::PyEval_GetBuiltins(), c"getattr".as_ptr());
+        if getattr.is_null() {
+            ffi::PyErr_SetString(ffi::PyExc_RuntimeError, c"no builtin getattr".as_ptr());
+            return ptr::null_mut();
+        }
+        let name = ffi::PyUnicode_FromString((*c).which.name().as_ptr());
+        if name.is_null() {
+            return name;
+        }
+        // Py_BuildValue's `N` steals `name`, `O` takes new references.
+        ffi::Py_BuildValue(c"O(ON)".as_ptr(), getattr, (*c).lock, name)
+    }
+}
+
 unsafe extern "C" fn no_new(
     tp: *mut ffi::PyTypeObject,
     _: *mut ffi::PyObject,
@@ -404,6 +499,11 @@ unsafe extern "C" fn descr_qualname(op: *mut ffi::PyObject, _: *mut c_void) -> *
     }
 }
 
+unsafe extern "C" fn descr_doc(op: *mut ffi::PyObject, _: *mut c_void) -> *mut ffi::PyObject {
+    // SAFETY: a live descriptor, attached.
+    unsafe { ffi::PyUnicode_FromString(doc((*op.cast::<LockCallDescr>()).which).as_ptr()) }
+}
+
 unsafe extern "C" fn descr_objclass(_: *mut ffi::PyObject, _: *mut c_void) -> *mut ffi::PyObject {
     let tp = LOCK_TYPE.load(Ordering::Acquire).cast::<ffi::PyObject>();
     // SAFETY: registered before any descriptor exists; attached.
@@ -426,8 +526,9 @@ unsafe extern "C" fn descr_repr(op: *mut ffi::PyObject) -> *mut ffi::PyObject {
 /// Getset and member tables: CPython keeps pointers to them, hence statics; they hold raw
 /// pointers, hence the wrapper.
 struct Tables {
-    call_getset: [ffi::PyGetSetDef; 3],
-    descr_getset: [ffi::PyGetSetDef; 4],
+    call_getset: [ffi::PyGetSetDef; 5],
+    call_methods: [ffi::PyMethodDef; 2],
+    descr_getset: [ffi::PyGetSetDef; 5],
 }
 // SAFETY: never mutated; only read by CPython.
 unsafe impl Sync for Tables {}
@@ -457,12 +558,26 @@ static TABLES: Tables = Tables {
     call_getset: [
         getter(c"__self__", call_self),
         getter(c"__name__", call_name),
+        getter(c"__qualname__", call_qualname),
+        getter(c"__doc__", call_doc),
         END,
+    ],
+    call_methods: [
+        ffi::PyMethodDef {
+            ml_name: c"__reduce__".as_ptr(),
+            ml_meth: ffi::PyMethodDefPointer {
+                PyCFunction: call_reduce,
+            },
+            ml_flags: ffi::METH_NOARGS,
+            ml_doc: ptr::null(),
+        },
+        ffi::PyMethodDef::zeroed(),
     ],
     descr_getset: [
         getter(c"__name__", descr_name),
         getter(c"__qualname__", descr_qualname),
         getter(c"__objclass__", descr_objclass),
+        getter(c"__doc__", descr_doc),
         END,
     ],
 };
@@ -531,10 +646,16 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
             slot_of(ffi::Py_tp_clear, call_clear as *mut c_void),
             slot_of(ffi::Py_tp_call, ffi::PyVectorcall_Call as *mut c_void),
             slot_of(ffi::Py_tp_repr, call_repr as *mut c_void),
+            slot_of(ffi::Py_tp_richcompare, call_richcompare as *mut c_void),
+            slot_of(ffi::Py_tp_hash, call_hash as *mut c_void),
             slot_of(ffi::Py_tp_new, no_new as *mut c_void),
             slot_of(
                 ffi::Py_tp_getset,
                 TABLES.call_getset.as_ptr().cast_mut().cast(),
+            ),
+            slot_of(
+                ffi::Py_tp_methods,
+                TABLES.call_methods.as_ptr().cast_mut().cast(),
             ),
             slot_of(ffi::Py_tp_members, call_members.as_mut_ptr().cast()),
         ],
