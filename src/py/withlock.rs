@@ -174,6 +174,21 @@ unsafe fn invoke(
 
 // ------------------------------------------------------------------------------- the binding
 
+/// The error of a binding whose lock the GC cleared (it was part of collected garbage).
+///
+/// # Safety
+/// The interpreter is attached.
+unsafe fn lock_gone() -> *mut ffi::PyObject {
+    // SAFETY: per the function's contract.
+    unsafe {
+        ffi::PyErr_SetString(
+            ffi::PyExc_ReferenceError,
+            c"this lock method's lock is gone".as_ptr(),
+        )
+    };
+    ptr::null_mut()
+}
+
 /// `lock.__enter__(...)`: vectorcall of a binding.
 unsafe extern "C" fn call_bound(
     callable: *mut ffi::PyObject,
@@ -186,11 +201,7 @@ unsafe extern "C" fn call_bound(
     unsafe {
         let lock = (*c).lock;
         if lock.is_null() {
-            ffi::PyErr_SetString(
-                ffi::PyExc_ReferenceError,
-                c"this lock method's lock is gone".as_ptr(),
-            );
-            return ptr::null_mut();
+            return lock_gone();
         }
         // The binding holds `lock`, and the caller holds the binding for the call.
         invoke((*c).which, lock, ffi::PyVectorcall_NARGS(nargsf), kwnames)
@@ -393,11 +404,7 @@ unsafe extern "C" fn call_reduce(
     unsafe {
         let c = op.cast::<LockCall>();
         if (*c).lock.is_null() {
-            ffi::PyErr_SetString(
-                ffi::PyExc_ReferenceError,
-                c"this lock method's lock is gone".as_ptr(),
-            );
-            return ptr::null_mut();
+            return lock_gone();
         }
         // A borrowed reference into the builtins dict.
         let getattr = ffi::PyDict_GetItemString(ffi::PyEval_GetBuiltins(), c"getattr".as_ptr());
@@ -601,7 +608,8 @@ fn slot_of(slot: c_int, pfunc: *mut c_void) -> ffi::PyType_Slot {
     ffi::PyType_Slot { slot, pfunc }
 }
 
-/// A heap type from `slots` (the end marker added here).
+/// A heap type from `slots`, callable through vectorcall and not instantiable from Python
+/// (both slots, and the end marker, added here).
 fn new_type<'py>(
     py: Python<'py>,
     name: &'static CStr,
@@ -609,6 +617,11 @@ fn new_type<'py>(
     flags: u64,
     mut slots: Vec<ffi::PyType_Slot>,
 ) -> PyResult<Bound<'py, PyAny>> {
+    slots.push(slot_of(
+        ffi::Py_tp_call,
+        ffi::PyVectorcall_Call as *mut c_void,
+    ));
+    slots.push(slot_of(ffi::Py_tp_new, no_new as *mut c_void));
     slots.push(slot_of(0, ptr::null_mut()));
     // Immutable (3.10+): nobody may replace `__call__` and so silently turn vectorcall off.
     let immutable = if py.version_info() >= (3, 10) {
@@ -644,11 +657,9 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
             slot_of(ffi::Py_tp_dealloc, call_dealloc as *mut c_void),
             slot_of(ffi::Py_tp_traverse, call_traverse as *mut c_void),
             slot_of(ffi::Py_tp_clear, call_clear as *mut c_void),
-            slot_of(ffi::Py_tp_call, ffi::PyVectorcall_Call as *mut c_void),
             slot_of(ffi::Py_tp_repr, call_repr as *mut c_void),
             slot_of(ffi::Py_tp_richcompare, call_richcompare as *mut c_void),
             slot_of(ffi::Py_tp_hash, call_hash as *mut c_void),
-            slot_of(ffi::Py_tp_new, no_new as *mut c_void),
             slot_of(
                 ffi::Py_tp_getset,
                 TABLES.call_getset.as_ptr().cast_mut().cast(),
@@ -668,9 +679,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         vec![
             slot_of(ffi::Py_tp_dealloc, descr_dealloc as *mut c_void),
             slot_of(ffi::Py_tp_descr_get, descr_get as *mut c_void),
-            slot_of(ffi::Py_tp_call, ffi::PyVectorcall_Call as *mut c_void),
             slot_of(ffi::Py_tp_repr, descr_repr as *mut c_void),
-            slot_of(ffi::Py_tp_new, no_new as *mut c_void),
             slot_of(
                 ffi::Py_tp_getset,
                 TABLES.descr_getset.as_ptr().cast_mut().cast(),
