@@ -6,6 +6,7 @@
 //! acquire/release pair through PyO3's generic trampoline costs ~25% more than CPython's own
 //! `SemLock`; this closes that gap.
 
+use std::ffi::CStr;
 use std::ptr;
 
 use pyo3::ffi;
@@ -57,7 +58,8 @@ unsafe fn new_ref(obj: *mut ffi::PyObject) -> *mut ffi::PyObject {
     obj
 }
 
-unsafe extern "C" fn acquire(
+/// `acquire(...)`; also `__enter__` (`super::withlock`), called without arguments.
+pub(crate) unsafe extern "C" fn acquire(
     slf: *mut ffi::PyObject,
     args: *const *mut ffi::PyObject,
     nargs: ffi::Py_ssize_t,
@@ -100,15 +102,6 @@ pub(crate) unsafe extern "C" fn release(
             ptr::null_mut(),
         )
     }
-}
-
-/// `__enter__` is `acquire()` (called by `super::withlock`).
-pub(crate) unsafe extern "C" fn enter(
-    slf: *mut ffi::PyObject,
-    _unused: *mut ffi::PyObject,
-) -> *mut ffi::PyObject {
-    // SAFETY: a `METH_NOARGS` call is `acquire()` called without arguments.
-    unsafe { acquire(slf, ptr::null(), 0, ptr::null_mut()) }
 }
 
 /// `PyMethodDef`s must outlive every descriptor made from them: statics. They hold raw
@@ -252,6 +245,16 @@ unsafe extern "C" fn value_set(
     }
 }
 
+/// Sets `exc(msg)` as the current exception; returns NULL (what a failed call returns).
+///
+/// # Safety
+/// The interpreter must be attached; `exc` is an exception type.
+pub(crate) unsafe fn raise(exc: *mut ffi::PyObject, msg: &CStr) -> *mut ffi::PyObject {
+    // SAFETY: per the function's contract; `msg` is a valid C string.
+    unsafe { ffi::PyErr_SetString(exc, msg.as_ptr()) };
+    ptr::null_mut()
+}
+
 /// Sets the error for "the PyO3 descriptor is missing" (cannot happen once registered).
 ///
 /// # Safety
@@ -259,12 +262,11 @@ unsafe extern "C" fn value_set(
 unsafe fn no_descriptor() -> *mut ffi::PyObject {
     // SAFETY: per the function's contract.
     unsafe {
-        ffi::PyErr_SetString(
+        raise(
             ffi::PyExc_SystemError,
-            c"rmp._core: SharedValue.value descriptor not registered".as_ptr(),
+            c"rmp._core: SharedValue.value descriptor not registered",
         )
-    };
-    ptr::null_mut()
+    }
 }
 
 /// `Synchronized.get_lock()`.

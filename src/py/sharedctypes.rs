@@ -102,13 +102,10 @@ impl SharedValue {
                 b'd' => ffi::PyFloat_FromDouble(f64::from_bits(
                     (*(p as *const AtomicU64)).load(Ordering::Relaxed),
                 )),
-                _ => {
-                    ffi::PyErr_SetString(
-                        ffi::PyExc_SystemError,
-                        c"SharedValue.read_raw: typecode not handled in place".as_ptr(),
-                    );
-                    std::ptr::null_mut()
-                }
+                _ => super::fastcall::raise(
+                    ffi::PyExc_SystemError,
+                    c"SharedValue.read_raw: typecode not handled in place",
+                ),
             }
         }
     }

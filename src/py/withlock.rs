@@ -120,9 +120,8 @@ unsafe fn is_lock(obj: *mut ffi::PyObject) -> bool {
 /// The interpreter is attached.
 unsafe fn type_error(msg: String) -> *mut ffi::PyObject {
     let msg = CString::new(msg).unwrap_or_default();
-    // SAFETY: per the function's contract; `msg` is a valid C string.
-    unsafe { ffi::PyErr_SetString(ffi::PyExc_TypeError, msg.as_ptr()) };
-    ptr::null_mut()
+    // SAFETY: per the function's contract.
+    unsafe { fastcall::raise(ffi::PyExc_TypeError, &msg) }
 }
 
 /// The `TypeError` of CPython's method descriptors for a `self` of the wrong type.
@@ -166,7 +165,7 @@ unsafe fn invoke(
             unsafe { type_error(format!("{}() takes no arguments ({nargs} given)", name())) }
         }
         // SAFETY: `lock` is a SemLock kept alive for the call.
-        Which::Enter => unsafe { fastcall::enter(lock, ptr::null_mut()) },
+        Which::Enter => unsafe { fastcall::acquire(lock, ptr::null(), 0, ptr::null_mut()) },
         // SAFETY: as above.
         Which::Exit => unsafe { fastcall::release(lock, ptr::null_mut()) },
     }
@@ -181,12 +180,11 @@ unsafe fn invoke(
 unsafe fn lock_gone() -> *mut ffi::PyObject {
     // SAFETY: per the function's contract.
     unsafe {
-        ffi::PyErr_SetString(
+        fastcall::raise(
             ffi::PyExc_ReferenceError,
-            c"this lock method's lock is gone".as_ptr(),
+            c"this lock method's lock is gone",
         )
-    };
-    ptr::null_mut()
+    }
 }
 
 /// `lock.__enter__(...)`: vectorcall of a binding.
@@ -409,8 +407,7 @@ unsafe extern "C" fn call_reduce(
         // A borrowed reference into the builtins dict.
         let getattr = ffi::PyDict_GetItemString(ffi::PyEval_GetBuiltins(), c"getattr".as_ptr());
         if getattr.is_null() {
-            ffi::PyErr_SetString(ffi::PyExc_RuntimeError, c"no builtin getattr".as_ptr());
-            return ptr::null_mut();
+            return fastcall::raise(ffi::PyExc_RuntimeError, c"no builtin getattr");
         }
         let name = ffi::PyUnicode_FromString((*c).which.name().as_ptr());
         if name.is_null() {
