@@ -164,7 +164,8 @@ impl Channel {
         ring.try_push_fd(me, &links, tag, std::os::fd::AsFd::as_fd(&msg.fd), msg.len)
     }
 
-    fn enqueue(&self, tag: u8, parts: &[&[u8]]) -> PyResult<()> {
+    /// Queues a message behind this process's backlog; true if that started the feeder.
+    fn enqueue(&self, tag: u8, parts: &[&[u8]]) -> PyResult<bool> {
         self.feeder
             .get_or_create(&self.chan)
             .enqueue(Pending::new(tag, parts.concat()))
@@ -233,8 +234,13 @@ impl Channel {
                 }
                 Push::FullBytes if feed && self.may_backlog() => {
                     // A memfd made for this message is dropped: the backlog keeps bytes.
-                    self.enqueue(tag, parts)?;
-                    return Ok(PUT_FED);
+                    // PUT_FED only when the feeder starts: the caller then registers the
+                    // wait for it at exit, once, not once per message.
+                    return Ok(if self.enqueue(tag, parts)? {
+                        PUT_FED
+                    } else {
+                        PUT_OK
+                    });
                 }
                 Push::TooBig => unreachable!("large messages go by descriptor"),
                 _ if !block => return Ok(PUT_FULL),

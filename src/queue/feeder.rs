@@ -173,9 +173,16 @@ impl Shared {
                         let _ = ring.wait_not_full(seen, FEED_SLICE);
                     }
                 }
+                Ok(Push::FullBytes) if ring.fits_half(item.data.len()) => {
+                    // Sleep until the consumers drained half the ring, then refill it in
+                    // one go (see `Ring::wait_half_empty`): spinning here would take a CPU
+                    // from the consumers whenever processes outnumber CPUs.
+                    let _ = ring.wait_half_empty(FEED_SLICE);
+                }
                 Ok(Push::FullBytes) => {
-                    // Room for a burst while the consumers keep popping (see
-                    // `Ring::spin_for_room`); a sleep only once they stop.
+                    // A message too large to be sure to fit in half the ring: room for it
+                    // while the consumers keep popping (see `Ring::spin_for_room`); a sleep
+                    // only once they stop.
                     let want = ring.burst_room(item.data.len());
                     if !ring.spin_for_room(want, FEED_SPIN, FEED_BURST) {
                         let seen = ring.not_full_seq();
@@ -261,8 +268,9 @@ impl Feeder {
         self.shared.pending.load(Ordering::Acquire)
     }
 
-    /// Queues `item` behind the backlog, starting the thread if needed.
-    pub fn enqueue(&self, item: Pending) -> io::Result<()> {
+    /// Queues `item` behind the backlog, starting the thread if needed. Returns whether this
+    /// call started it (the process must then wait for it at exit).
+    pub fn enqueue(&self, item: Pending) -> io::Result<bool> {
         let mut st = self.shared.state();
         if st.closed {
             return Err(io::Error::new(
@@ -270,7 +278,8 @@ impl Feeder {
                 "the queue's feeder is closed",
             ));
         }
-        if !st.started {
+        let start = !st.started;
+        if start {
             let shared = Arc::clone(&self.shared);
             std::thread::Builder::new()
                 .name("rmp-queue-feeder".into())
@@ -284,7 +293,7 @@ impl Feeder {
         if st.idle {
             self.shared.wake.notify_one();
         }
-        Ok(())
+        Ok(start)
     }
 
     /// No more messages: the thread exits once its backlog is in the ring.

@@ -41,7 +41,7 @@ use std::time::Duration;
 
 use crate::platform;
 use crate::sync::semaphore::{Kind, SemState};
-use crate::sync::{futex_wait_slice, Me};
+use crate::sync::{sleep_on, wake, Me};
 
 pub mod channel;
 pub mod feeder;
@@ -49,7 +49,7 @@ pub mod feeder;
 /// `b"RMPQ"`: marks an initialised [`RingHeader`].
 pub const RING_MAGIC: u32 = u32::from_le_bytes(*b"RMPQ");
 /// Layout version of [`RingHeader`] and of the record format.
-pub const RING_VERSION: u32 = 3;
+pub const RING_VERSION: u32 = 4;
 /// Bytes before the data area.
 pub const HEADER_SIZE: usize = 512;
 /// Bytes of a record header.
@@ -63,6 +63,10 @@ const FD_RECORD: usize = 16;
 const KIND_MESSAGE: u32 = 0;
 const KIND_WRAP: u32 = 1;
 const KIND_FD: u32 = 2;
+/// CPU pauses a push or pop spins for its side's lock before it sleeps: the lock guards a
+/// copy of a few bytes, so a holder that runs releases it within the spin, where a futex
+/// sleep and wake-up would cost both sides a system call.
+const LOCK_SPINS: u32 = 100;
 /// How long one attempt to take a lock may sleep before the caller re-checks (a lock is held
 /// only for a copy, so this is rarely reached).
 const LOCK_SLICE: Duration = Duration::from_millis(50);
@@ -136,7 +140,12 @@ pub struct RingHeader {
     full_sleepers: AtomicU32,
     /// Threads sleeping in `join()` on `unfinished`.
     join_sleepers: AtomicU32,
-    _pad3: [u32; 13],
+    /// Producers sleeping on `drained` until the ring is at most half full.
+    room_sleepers: AtomicU32,
+    /// Futex word bumped by a consumer whose pop left the ring at most half full while
+    /// `room_sleepers` was non-zero.
+    drained: AtomicU32,
+    _pad3: [u32; 11],
     // ---- line 4: JoinableQueue
     /// Messages put and not yet marked done; also the futex word `join()` sleeps on.
     unfinished: AtomicU32,
@@ -321,7 +330,7 @@ impl Ring {
     }
 
     fn lock(l: &SemState, me: &Me) -> io::Result<()> {
-        if l.try_lock(me) {
+        if l.try_lock(me) || l.spin_acquire(me, LOCK_SPINS) {
             return Ok(());
         }
         loop {
@@ -427,14 +436,12 @@ impl Ring {
         // Acquire load of `tail`.
         h.tail.store(new.pack(), Ordering::Release);
         self.my_tail.store(new.pack(), Ordering::Relaxed);
-        // Release: pairs with the Acquire load in `not_empty_seq`.
-        h.not_empty.fetch_add(1, Ordering::Release);
+        // SeqCst (a Release at least, for the Acquire load in `not_empty_seq`): the bump is
+        // ordered before `wake`'s load of `empty_sleepers`, against a sleeper's registration
+        // and re-check (the Dekker pair of `sleep_on` and `wake`).
+        h.not_empty.fetch_add(1, Ordering::SeqCst);
         Ring::unlock(&h.push_lock, me);
-        // SeqCst: the bump above must be ordered before this load, against a sleeper's
-        // increment of `empty_sleepers` and its re-check (a Dekker pair with `wait_on`).
-        if h.empty_sleepers.load(Ordering::SeqCst) > 0 {
-            let _ = platform::futex_wake(&h.not_empty, k);
-        }
+        wake(&h.not_empty, &h.empty_sleepers, k);
     }
 
     /// Under the push lock: writes one message record (`parts` concatenated) at `at`, and
@@ -746,13 +753,23 @@ impl Ring {
                     }
                 }
             }
-            // Release: pairs with the Acquire load in `not_full_seq`.
-            h.not_full.fetch_add(1, Ordering::Release);
+            // SeqCst (a Release at least, for the Acquire load in `not_full_seq`): the bump,
+            // and the `head` store before it, are ordered before the loads of `full_sleepers`
+            // and `room_sleepers` below (the Dekker pairs with `sleep_on`).
+            h.not_full.fetch_add(1, Ordering::SeqCst);
         }
         Ring::unlock(&h.pop_lock, me);
-        if popped > 0 && h.full_sleepers.load(Ordering::SeqCst) > 0 {
-            // SeqCst: as in `publish`, for the producers' side.
-            let _ = platform::futex_wake(&h.not_full, popped);
+        if popped > 0 {
+            wake(&h.not_full, &h.full_sleepers, popped);
+            // Producers waiting for the ring to drain (see `wait_half_empty`). SeqCst: after
+            // the `head` store and the bump above, against the sleeper's registration and
+            // its re-check of the room.
+            if h.room_sleepers.load(Ordering::SeqCst) > 0 && self.half_empty() {
+                // SeqCst: a Release for the Acquire load in `wait_half_empty`, and before
+                // `wake`'s load.
+                h.drained.fetch_add(1, Ordering::SeqCst);
+                wake(&h.drained, &h.room_sleepers, u32::MAX);
+            }
         }
         match failed {
             // What was taken before the failure is returned; the failure shows next time.
@@ -941,6 +958,36 @@ impl Ring {
         wait_on(&h.not_empty, &h.empty_sleepers, seen, slice)
     }
 
+    /// Whether at most half the ring's bytes are in use.
+    pub fn half_empty(&self) -> bool {
+        self.free_bytes() >= self.capacity() / 2
+    }
+
+    /// Whether a message of `len` bytes always fits in a ring at most half full (wherever
+    /// the free half starts: its record and a wrap marker before it take at most twice the
+    /// record).
+    pub fn fits_half(&self, len: usize) -> bool {
+        len <= self.max_payload() && 2 * record_len(len) as usize <= self.capacity() / 2
+    }
+
+    /// Sleeps at most `slice` until a pop leaves the ring at most half full. A producer that
+    /// found the ring full waits this way rather than for the next pop: the consumers then
+    /// drain half the ring with no wake call (one wakes the sleepers when the ring crosses
+    /// the half), and the producer refills it in one burst, where waiting for each pop
+    /// would cost a wake-up per message and keep both sides on the same cache lines.
+    pub fn wait_half_empty(&self, slice: Duration) -> io::Result<()> {
+        let h = self.hdr();
+        // Acquire: pairs with the Release bump in `try_pop_many_with`.
+        let seen = h.drained.load(Ordering::Acquire);
+        if self.half_empty() {
+            return Ok(());
+        }
+        sleep_on(&h.drained, &h.room_sleepers, seen, slice, || {
+            !self.half_empty()
+        })
+        .map(|_| ())
+    }
+
     /// Sleeps at most `slice` unless a pop happened since `seen` was read.
     pub fn wait_not_full(&self, seen: u32, slice: Duration) -> io::Result<()> {
         let h = self.hdr();
@@ -960,11 +1007,16 @@ impl Ring {
         let h = self.hdr();
         // Release: pairs with the Acquire in `shutdown_state`.
         h.shutdown.fetch_max(state, Ordering::Release);
-        for w in [&h.not_empty, &h.not_full] {
-            w.fetch_add(1, Ordering::Release);
-            let _ = platform::futex_wake(w, i32::MAX as u32);
+        for (w, sleepers) in [
+            (&h.not_empty, &h.empty_sleepers),
+            (&h.not_full, &h.full_sleepers),
+            (&h.drained, &h.room_sleepers),
+        ] {
+            // SeqCst: before `wake`'s load (see `wake`).
+            w.fetch_add(1, Ordering::SeqCst);
+            wake(w, sleepers, u32::MAX);
         }
-        let _ = platform::futex_wake(&h.unfinished, i32::MAX as u32);
+        wake(&h.unfinished, &h.join_sleepers, u32::MAX);
     }
 
     // ---- unfinished tasks (JoinableQueue)
@@ -983,20 +1035,20 @@ impl Ring {
             if cur < n {
                 return false;
             }
-            // AcqRel: orders the task's work before the count, for the joiner's Acquire.
+            // SeqCst: orders the task's work before the count (for the joiner's Acquire),
+            // and the count before `wake`'s load (see `wake`).
             match h.unfinished.compare_exchange_weak(
                 cur,
                 cur - n,
-                Ordering::AcqRel,
+                Ordering::SeqCst,
                 Ordering::Acquire,
             ) {
                 Ok(_) => break,
                 Err(v) => cur = v,
             }
         }
-        // SeqCst: a Dekker pair with `wait_unfinished`'s registration.
-        if cur == n && h.join_sleepers.load(Ordering::SeqCst) > 0 {
-            let _ = platform::futex_wake(&h.unfinished, i32::MAX as u32);
+        if cur == n {
+            wake(&h.unfinished, &h.join_sleepers, u32::MAX);
         }
         true
     }
@@ -1030,11 +1082,7 @@ fn spin_while(word: &AtomicU32, seen: u32, budget: Duration) -> bool {
 }
 
 fn wait_on(word: &AtomicU32, sleepers: &AtomicU32, seen: u32, slice: Duration) -> io::Result<()> {
-    // SeqCst: register before the futex re-checks `word` (see `publish`).
-    sleepers.fetch_add(1, Ordering::SeqCst);
-    let r = futex_wait_slice(word, seen, slice);
-    sleepers.fetch_sub(1, Ordering::SeqCst);
-    r.map(|_| ())
+    sleep_on(word, sleepers, seen, slice, || true).map(|_| ())
 }
 
 #[cfg(test)]
@@ -1059,6 +1107,8 @@ mod tests {
         assert_eq!(std::mem::offset_of!(RingHeader, tail), 64);
         assert_eq!(std::mem::offset_of!(RingHeader, head), 128);
         assert_eq!(std::mem::offset_of!(RingHeader, empty_sleepers), 192);
+        assert_eq!(std::mem::offset_of!(RingHeader, room_sleepers), 204);
+        assert_eq!(std::mem::offset_of!(RingHeader, drained), 208);
         assert_eq!(std::mem::offset_of!(RingHeader, unfinished), 256);
         assert_eq!(std::mem::offset_of!(RingHeader, push_lock), 320);
         assert_eq!(std::mem::offset_of!(RingHeader, pop_lock), 384);
@@ -1092,6 +1142,46 @@ mod tests {
             assert_eq!(Some(m), expect.pop_front());
         }
         assert!(expect.is_empty() && ring.is_empty());
+    }
+
+    #[test]
+    fn a_producer_waiting_for_room_sleeps_until_half_the_ring_is_drained() {
+        let (seg, ring) = new_ring(1024, u32::MAX);
+        let me = Me::current();
+        let mut n = 0u32;
+        while ring.try_push(&me, None, 0, &[&n.to_le_bytes()]).unwrap() == Push::Done {
+            n += 1;
+        }
+        assert!(ring.fits_half(4) && !ring.half_empty());
+        let ring = Arc::new(ring);
+        let r2 = Arc::clone(&ring);
+        let t = std::thread::spawn(move || {
+            let start = std::time::Instant::now();
+            r2.wait_half_empty(Duration::from_secs(30)).unwrap();
+            start.elapsed()
+        });
+        while ring.hdr().room_sleepers.load(Ordering::SeqCst) == 0 {
+            std::thread::yield_now();
+        }
+        // One pop makes room, but not half the ring: no wake, the producer sleeps on.
+        assert_eq!(
+            ring.try_pop(&me).unwrap(),
+            Some(0u32.to_le_bytes().to_vec())
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!t.is_finished());
+        let mut k = 1u32;
+        while !ring.half_empty() {
+            assert_eq!(ring.try_pop(&me).unwrap(), Some(k.to_le_bytes().to_vec()));
+            k += 1;
+        }
+        let waited = t.join().unwrap();
+        // Woken by the pop that crossed the half, not by the end of its 30 s slice.
+        assert!(waited < Duration::from_secs(20), "{waited:?}");
+        assert_eq!(ring.hdr().room_sleepers.load(Ordering::SeqCst), 0);
+        assert!(k < n);
+        drop(ring);
+        drop(seg);
     }
 
     #[test]

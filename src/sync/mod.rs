@@ -106,6 +106,70 @@ pub(crate) fn futex_wait_slice(
     }
 }
 
+/// Sleeps on `word` while it holds `seen` (at most `slice`), counted in `sleepers`, if
+/// `still` holds once registered (the re-check that closes the race with a waker that looked
+/// before the registration).
+///
+/// The count is taken back by whoever ends the sleep: by [`wake`], for the sleepers it
+/// woke, or here when the sleep ended otherwise (the word had changed, the slice passed, a
+/// signal came). So a sleeper that was woken but has not run yet (a while, when processes
+/// outnumber CPUs) is no longer counted, and the wakers that come meanwhile skip their
+/// system call. Every thread that futex-waits on `word` must do so here, with the same
+/// `sleepers`, for the count to stay exact.
+pub(crate) fn sleep_on(
+    word: &AtomicU32,
+    sleepers: &AtomicU32,
+    seen: u32,
+    slice: Duration,
+    still: impl FnOnce() -> bool,
+) -> io::Result<WaitEnd> {
+    // SeqCst: the registration is ordered before the re-checks below and the kernel's read
+    // of `word`, against the waker's change of `word` (or of what `still` reads) and its load
+    // of `sleepers` in `wake` (a Dekker pair).
+    sleepers.fetch_add(1, Ordering::SeqCst);
+    std::sync::atomic::fence(Ordering::SeqCst);
+    // Relaxed: the fence above orders it; a changed word needs no system call.
+    let r = if word.load(Ordering::Relaxed) == seen && still() {
+        platform::futex_wait(word, seen, Some(slice))
+    } else {
+        Err(io::ErrorKind::WouldBlock.into())
+    };
+    let e = match r {
+        // Dequeued by a wake, which took our count: FUTEX_WAIT returns 0 only then (a timeout
+        // or a signal that races with the wake still returns 0).
+        Ok(()) => return Ok(WaitEnd::Changed),
+        Err(e) => e,
+    };
+    sleepers.fetch_sub(1, Ordering::SeqCst);
+    match e.kind() {
+        io::ErrorKind::TimedOut => Ok(WaitEnd::TimedOut),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(WaitEnd::Changed),
+        _ => Err(e),
+    }
+}
+
+/// Wakes up to `k` of the threads sleeping on `word` in [`sleep_on`], if `sleepers` counts
+/// any, and takes the ones it woke off the count. The caller has changed `word` (and what
+/// the sleepers re-check) by a SeqCst store or read-modify-write, or by stores ordered before
+/// one: on x86-64 and AArch64, the platforms rmp supports, that orders them before the load
+/// below without a fence of its own.
+pub(crate) fn wake(word: &AtomicU32, sleepers: &AtomicU32, k: u32) {
+    // SeqCst: after the caller's change, against the sleeper's registration and re-check
+    // (the Dekker pair with `sleep_on`).
+    if sleepers.load(Ordering::SeqCst) == 0 {
+        return;
+    }
+    // A failed wake (EFAULT cannot happen on a live mapping) changes nothing: sleepers also
+    // return at the end of their slice.
+    if let Ok(n) = platform::futex_wake(word, k.min(i32::MAX as u32)) {
+        if n > 0 {
+            // Each sleeper the kernel dequeued registered before it slept and leaves its
+            // count to us, so the count cannot go below zero.
+            sleepers.fetch_sub(n as u32, Ordering::SeqCst);
+        }
+    }
+}
+
 /// Checks that `magic`/`version` mark an initialised state (Acquire on `magic`, pairing with
 /// the Release store that ends each state's `init`).
 pub(crate) fn check_header(magic: &AtomicU32, version: &AtomicU32, m: u32, v: u32) -> bool {
@@ -157,6 +221,93 @@ pub fn futex_pingpong(
 mod tests {
     use super::*;
     use std::sync::Arc;
+
+    #[test]
+    fn a_woken_sleeper_leaves_its_count_to_the_waker() {
+        let word = Arc::new(AtomicU32::new(0));
+        let sleepers = Arc::new(AtomicU32::new(0));
+        let (w, n) = (Arc::clone(&word), Arc::clone(&sleepers));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t = std::thread::spawn(move || {
+            tx.send(platform::gettid()).unwrap();
+            let start = std::time::Instant::now();
+            let end = sleep_on(&w, &n, 0, Duration::from_secs(30), || true).unwrap();
+            (end, start.elapsed())
+        });
+        // Until the thread sleeps in the kernel (state S in /proc: it does nothing else).
+        let stat = format!("/proc/self/task/{}/stat", rx.recv().unwrap());
+        while sleepers.load(Ordering::SeqCst) == 0
+            || !std::fs::read_to_string(&stat).is_ok_and(|s| s.contains(") S "))
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        word.store(1, Ordering::SeqCst);
+        wake(&word, &sleepers, 1);
+        // Off the count as soon as it is woken, before it runs again.
+        assert_eq!(sleepers.load(Ordering::SeqCst), 0);
+        let (end, waited) = t.join().unwrap();
+        assert_eq!(end, WaitEnd::Changed);
+        assert!(waited < Duration::from_secs(20), "{waited:?}");
+        // The sleeper did not take it off a second time.
+        assert_eq!(sleepers.load(Ordering::SeqCst), 0);
+        // With nobody counted, a wake is not even attempted, and changes nothing.
+        wake(&word, &sleepers, 1);
+        assert_eq!(sleepers.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_sleep_that_ends_otherwise_takes_its_count_back() {
+        let word = AtomicU32::new(5);
+        let sleepers = AtomicU32::new(0);
+        let slice = Duration::from_millis(10);
+        // The word changed already, the re-check fails, or the slice passes.
+        assert_eq!(
+            sleep_on(&word, &sleepers, 4, slice, || true).unwrap(),
+            WaitEnd::Changed
+        );
+        assert_eq!(
+            sleep_on(&word, &sleepers, 5, slice, || false).unwrap(),
+            WaitEnd::Changed
+        );
+        assert_eq!(
+            sleep_on(&word, &sleepers, 5, slice, || true).unwrap(),
+            WaitEnd::TimedOut
+        );
+        assert_eq!(sleepers.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn many_sleepers_and_wakers_leave_no_count_behind() {
+        // 4 threads take turns on one word (each waits for its number), with short slices and
+        // wakes of one sleeper at a time: the count ends at zero, and every turn was taken.
+        let word = Arc::new(AtomicU32::new(0));
+        let sleepers = Arc::new(AtomicU32::new(0));
+        let rounds = 500u32;
+        let threads: Vec<_> = (0..4u32)
+            .map(|me| {
+                let (w, n) = (Arc::clone(&word), Arc::clone(&sleepers));
+                std::thread::spawn(move || {
+                    for r in 0..rounds {
+                        let mine = r * 4 + me;
+                        loop {
+                            let cur = w.load(Ordering::SeqCst);
+                            if cur == mine {
+                                break;
+                            }
+                            sleep_on(&w, &n, cur, Duration::from_millis(5), || true).unwrap();
+                        }
+                        w.store(mine + 1, Ordering::SeqCst);
+                        wake(&w, &n, 1 + r % 3);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(word.load(Ordering::SeqCst), rounds * 4);
+        assert_eq!(sleepers.load(Ordering::SeqCst), 0);
+    }
 
     #[test]
     fn me_is_cached_per_thread() {

@@ -24,7 +24,7 @@ use std::io;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::{futex_wait_slice, Me, WaitEnd};
+use super::{sleep_on, wake, Me, WaitEnd};
 use crate::platform;
 
 /// `b"RMPS"`: marks an initialised [`SemState`].
@@ -310,23 +310,19 @@ impl SemState {
             return Ok(Acquired::Yes);
         }
         let kind = self.kind();
-        // Register before re-checking, so that a release between our check and our sleep
-        // sees `sleepers > 0` and wakes us (or changes `value`, which makes the wait return).
-        // SeqCst: orders this increment before the re-load of `value` below, against the
-        // release's store to `value` and its load of `sleepers` (a Dekker-style pair).
-        self.sleepers.fetch_add(1, Ordering::SeqCst);
-        let cur = self.value.load(Ordering::SeqCst);
-        let must_wait = match kind {
-            Kind::Semaphore => cur == 0,
-            Kind::RecursiveMutex => cur != 0,
-        };
-        let end = if must_wait {
-            futex_wait_slice(&self.value, cur, slice)
-        } else {
-            Ok(WaitEnd::Changed)
-        };
-        self.sleepers.fetch_sub(1, Ordering::SeqCst);
-        let end = end?;
+        // Registered (in `sleep_on`) before re-checking, so that a release between our check
+        // and our sleep sees `sleepers > 0` and wakes us (or changes `value`, which makes the
+        // wait return).
+        let cur = self.value.load(Ordering::Relaxed);
+        let end = sleep_on(&self.value, &self.sleepers, cur, slice, || {
+            // Relaxed: ordered after the registration by `sleep_on`'s fence.
+            let now = self.value.load(Ordering::Relaxed);
+            now == cur
+                && match kind {
+                    Kind::Semaphore => now == 0,
+                    Kind::RecursiveMutex => now != 0,
+                }
+        })?;
         if self.try_acquire(me) {
             return Ok(Acquired::Yes);
         }
@@ -386,11 +382,7 @@ impl SemState {
                 self.value.store(0, Ordering::SeqCst);
             }
         }
-        if self.sleepers.load(Ordering::SeqCst) > 0 {
-            // A failed wake (EFAULT cannot happen on a live mapping) changes nothing for the
-            // count; sleepers also return at the end of their slice.
-            let _ = platform::futex_wake(&self.value, 1);
-        }
+        wake(&self.value, &self.sleepers, 1);
         Ok(())
     }
 }
@@ -518,6 +510,8 @@ mod tests {
                                 .got()
                             {}
                             assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0);
+                            // Often past the spin: the others sleep and are woken.
+                            std::thread::yield_now();
                             inside.fetch_sub(1, Ordering::SeqCst);
                             s.release(&me).unwrap();
                         }
@@ -528,6 +522,8 @@ mod tests {
                 t.join().unwrap();
             }
             assert_eq!(s.value(), 1);
+            // Every sleeper's count was taken back, by its waker or by itself.
+            assert_eq!(s.sleepers.load(Ordering::SeqCst), 0);
         }
     }
 
@@ -546,5 +542,6 @@ mod tests {
         let waited = t.join().unwrap();
         // Woken by the release, not by the end of its 5 s slice.
         assert!(waited < Duration::from_secs(4), "{waited:?}");
+        assert_eq!(s.sleepers.load(Ordering::SeqCst), 0);
     }
 }
