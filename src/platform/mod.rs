@@ -568,6 +568,46 @@ pub fn eventfd_take(fd: BorrowedFd<'_>) -> io::Result<bool> {
     }
 }
 
+/// Writes all of `parts`, one after the other, into the file `fd` from offset 0 (`pwritev`,
+/// retried on `EINTR` and short writes). Into a memfd, the kernel copies straight into the
+/// file's pages as it allocates them: no mapping, no user page faults, no unmapping (on this
+/// project's VM, half the time of populating a mapping and copying into it).
+pub fn write_all_at(fd: BorrowedFd<'_>, parts: &[&[u8]]) -> io::Result<()> {
+    let mut off = 0u64;
+    for p in parts {
+        let mut rest = *p;
+        while !rest.is_empty() {
+            match rustix::io::pwrite(fd, rest, off) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    rest = &rest[n..];
+                    off += n as u64;
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Fills `dst` from the file `fd`, from offset 0 (`pread`, retried on `EINTR` and short
+/// reads; a file shorter than `dst` is an `UnexpectedEof`). The kernel copies into `dst`
+/// directly: fresh destination pages fault inside the copy, far cheaper here than faults
+/// taken by a user-space copy.
+pub fn read_exact_at(fd: BorrowedFd<'_>, dst: &mut [u8]) -> io::Result<()> {
+    let mut off = 0usize;
+    while off < dst.len() {
+        match rustix::io::pread(fd, &mut dst[off..], off as u64) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => off += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 /// Maps `len` bytes of `fd` shared and read-write with the pages populated up front
 /// (`MAP_POPULATE`: one call instead of a fault per page, for a region about to be written
 /// whole).

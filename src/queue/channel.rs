@@ -114,21 +114,7 @@ impl Large {
     pub fn new(parts: &[&[u8]]) -> io::Result<Large> {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         let fd = platform::memfd(c"rmp-queue-message", len.max(1))?;
-        if len > 0 {
-            // Populated up front: one call instead of a page fault per page.
-            let ptr = platform::mmap_shared_populated(fd.as_fd(), len)?;
-            let mut off = 0;
-            for p in parts {
-                // SAFETY: the mapping holds `len` bytes, the sum of the parts' lengths; it is
-                // ours alone until the descriptor is sent.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(p.as_ptr(), ptr.as_ptr().add(off), p.len())
-                };
-                off += p.len();
-            }
-            // SAFETY: the mapping made above, used no more.
-            unsafe { platform::munmap(ptr, len)? };
-        }
+        platform::write_all_at(fd.as_fd(), parts)?;
         Ok(Large {
             fd,
             len: len as u64,
