@@ -84,6 +84,9 @@ def build_report(meta, scenarios, impl_names, runs, baseline, target_impl) -> di
             if sc.bytes_per_op and s["wall_per_op"]:
                 s["gb_per_s"] = sc.bytes_per_op / s["wall_per_op"]["median"] / 1e9
             floors.append(s)
+    floor_of = {f["name"]: f for f in floors}
+    for sc in scenarios:
+        if sc.kind == "floor":
             continue
         impls = []
         for name in impl_names:
@@ -102,6 +105,15 @@ def build_report(meta, scenarios, impl_names, runs, baseline, target_impl) -> di
                 s["target"] = sc.target
                 if s["ratio"] is not None:
                     s["target_met"] = s["ratio"] >= sc.target
+            s["floor_within"] = s["floor_multiple"] = s["floor_met"] = None
+            floor = floor_of.get(sc.floors[0]) if sc.floors else None
+            if s["name"] == target_impl and sc.floor_within is not None and floor is not None:
+                s["floor_within"] = sc.floor_within
+                if s["status"] == OK and floor["status"] == OK and floor["wall_per_op"]:
+                    s["floor_multiple"] = (
+                        s["wall_per_op"]["median"] / floor["wall_per_op"]["median"]
+                    )
+                    s["floor_met"] = s["floor_multiple"] <= sc.floor_within
         rows.append(
             {
                 "name": sc.name,
@@ -207,7 +219,16 @@ def _floor_multiples(f, impls) -> str:
         for s in impls
         if s["status"] == OK and fm > 0
     ]
-    return ("; " + ", ".join(parts) + " of it") if parts else ""
+    return (("; " + ", ".join(parts) + " of it") if parts else "") + _floor_target(impls)
+
+
+def _floor_target(impls) -> str:
+    """The verdict on a scenario's ``floor_within`` target, if it has one."""
+    for s in impls:
+        if s.get("floor_within") is not None:
+            verdict = {True: "ok", False: "MISS", None: "n/a"}[s.get("floor_met")]
+            return " (target: %s <= %gx of it, %s)" % (s["name"], s["floor_within"], verdict)
+    return ""
 
 
 def _table(rows, header) -> list:
@@ -301,6 +322,12 @@ def render_text(report) -> str:
         for sc in report["scenarios"]
         for s in sc["impls"]
         if s["target_met"] is False
+    ] + [
+        "%s (%s %.2fx its floor, target <=%gx)"
+        % (sc["name"], s["name"], s["floor_multiple"], s["floor_within"])
+        for sc in report["scenarios"]
+        for s in sc["impls"]
+        if s.get("floor_met") is False
     ]
     bad = [
         "%s / %s: %s" % (sc["name"], s["name"], _status_text(s))
@@ -344,6 +371,7 @@ def render_markdown(report) -> str:
             ftext = "<br>".join(
                 _floor_text(floors[n]).replace("|", "/") for n in sc["floors"] if n in floors
             )
+            ftext += _floor_target(sc["impls"])
             for i, s in enumerate(sc["impls"]):
                 name = "%s (per %s)" % (sc["name"], sc["unit"]) if i == 0 else ""
                 if s["status"] == OK:

@@ -153,3 +153,35 @@ def test_queue_scenarios_run_and_verify_on_the_stdlib():
         assert re.search(row, proc.stdout, re.M), proc.stdout
     assert "floor pickle dumps+loads" in proc.stdout
     assert "floor memcpy 64 MiB" in proc.stdout
+
+
+def test_a_floor_target_is_judged_against_the_floor_of_the_same_run():
+    """``floor_within``: rmp's median at most that many times its scenario's first floor,
+    reported as ok or MISS beside the floor and among the missed targets."""
+    bench = os.path.dirname(RUN)
+    sys.path.insert(0, bench)
+    try:
+        import _report
+        from scenarios import Scenario
+    finally:
+        sys.path.remove(bench)
+
+    def run(scenario, impl, wall):
+        return {"scenario": scenario, "impl": impl, "rep": 0, "status": "OK", "ops": 1,
+                "wall": wall, "cpu": wall, "detail": ""}  # fmt: skip
+
+    floor = Scenario("floor.copy", None, kind="floor", group="floor", unit="copy")
+    sc = Scenario("x.big", None, kind="scenario", group="x", unit="message",
+                  floors=("floor.copy",), target=2.0, floor_within=1.5)  # fmt: skip
+    for rmp_wall, verdict in ((0.14, "ok"), (0.16, "MISS")):
+        runs = [run("floor.copy", "floor", 0.1), run("x.big", "stdlib", 1.0)]
+        runs.append(run("x.big", "rmp", rmp_wall))
+        report = _report.build_report({}, [sc, floor], ["stdlib", "rmp"], runs, "stdlib", "rmp")
+        rmp_row = report["scenarios"][0]["impls"][1]
+        assert rmp_row["floor_multiple"] == pytest.approx(rmp_wall / 0.1)
+        assert rmp_row["floor_met"] is (verdict == "ok")
+        assert rmp_row["target_met"] is True  # the ratio target is judged on its own
+        text = _report.render_text(report)
+        assert "(target: rmp <= 1.5x of it, %s)" % verdict in text
+        assert ("its floor, target <=1.5x" in text) is (verdict == "MISS")
+        assert "rmp <= 1.5x of it, %s" % verdict in _report.render_markdown(report)

@@ -59,6 +59,7 @@ class Scenario:
         "doc",
         "bytes_per_op",
         "requires",
+        "floor_within",
     )
 
     def __init__(
@@ -77,6 +78,7 @@ class Scenario:
         doc=None,
         bytes_per_op=None,
         requires=(),
+        floor_within=None,
     ):
         self.name = name
         self.func = func
@@ -91,6 +93,7 @@ class Scenario:
         self.doc = (doc or func.__doc__ or "").strip().split("\n")[0]
         self.bytes_per_op = bytes_per_op
         self.requires = tuple(requires)
+        self.floor_within = floor_within
 
     def missing(self) -> list:
         """The modules in ``requires`` that cannot be imported here (then it is skipped)."""
@@ -136,6 +139,7 @@ def scenario(
     timeout=120.0,
     doc=None,
     requires=(),
+    floor_within=None,
 ):
     """Register ``fn(impl_module, quick) -> dict`` as scenario ``name``.
 
@@ -144,7 +148,8 @@ def scenario(
     ``floors`` names the floors that bound it; ``target`` is the wall-time ratio to the stdlib
     that rmp aims at (``1.3`` means at least 1.3x as fast); ``unit`` names one operation;
     ``timeout`` is the wall-clock limit of one worker run in seconds; ``requires`` names
-    modules without which it is skipped.
+    modules without which it is skipped; ``floor_within`` is a second target: rmp's median
+    at most that many times the median of the scenario's first floor, in the same run.
     """
 
     def deco(fn):
@@ -161,6 +166,7 @@ def scenario(
                 timeout=timeout,
                 doc=doc,
                 requires=requires,
+                floor_within=floor_within,
             )
         )
         return fn

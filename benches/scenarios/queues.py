@@ -554,6 +554,7 @@ def msg_1mib(mod, quick):
     unit="64 MiB message",
     floors=("floor.memcpy_64mib",),
     target=2.0,
+    floor_within=1.5,
     timeout=300,
 )
 def bytes_64mib(mod, quick):
@@ -568,6 +569,7 @@ def bytes_64mib(mod, quick):
     unit="64 MiB message",
     floors=("floor.memcpy_64mib",),
     target=2.0,
+    floor_within=1.5,
     timeout=300,
     requires=("numpy",),
 )
