@@ -706,6 +706,42 @@ def test_blocking_calls_release_the_gil(kind, timeout):
         blocked.cleanup()
 
 
+@pytest.mark.parametrize("kind", [bytes, bytearray])
+def test_a_large_message_is_copied_with_the_gil_released(kind):
+    """A message too large for the ring is copied into its memfd by ``put`` and out of it by
+    ``get`` without the GIL, as ``os.write`` and ``os.read`` do: another thread keeps running
+    through each copy, so its longest pause is a small part of the call."""
+    big = kind(bytes(range(256)) * (1 << 19))  # 128 MiB
+    q = rmp.Queue()
+    stamps, stop = [], threading.Event()
+
+    def tick():
+        while not stop.is_set():
+            stamps.append(time.monotonic())
+
+    def longest_pause(call):
+        t0 = time.monotonic()
+        out = call()
+        t1 = time.monotonic()
+        inside = [t0] + [t for t in list(stamps) if t0 <= t <= t1] + [t1]
+        return out, t1 - t0, max(b - a for a, b in zip(inside, inside[1:]))
+
+    t = threading.Thread(target=tick, daemon=True)
+    t.start()
+    try:
+        _, put_took, put_pause = longest_pause(lambda: q.put(big))
+        got, get_took, get_pause = longest_pause(lambda: q.get(timeout=60))
+    finally:
+        stop.set()
+        t.join(30)
+        q.close()
+        q.join_thread()
+    assert type(got) is kind and got == big
+    # Held through a copy, the pause would be the whole copy (tens of ms or more).
+    assert put_pause < put_took / 2, (put_pause, put_took)
+    assert get_pause < get_took / 2, (get_pause, get_took)
+
+
 @pytest.mark.parametrize("kind,timeout", BLOCKING, ids=BLOCKING_IDS)
 def test_sigint_interrupts_blocking_calls(kind, timeout):
     blocked = _Blocked(kind, timeout)

@@ -143,9 +143,11 @@ impl Channel {
         !self.bounded() || self.chan.ring().len() + self.backlog() < self.chan.ring().max_items()
     }
 
-    /// One attempt to commit the message in `parts` (or `large`, made on first need).
+    /// One attempt to commit the message in `parts` (or `large`, made on first need, with the
+    /// interpreter released while its bytes are copied, as `os.write` does).
     fn try_put(
         &self,
+        py: Python<'_>,
         me: &Me,
         tag: u8,
         parts: &[&[u8]],
@@ -158,7 +160,7 @@ impl Channel {
             return ring.try_push(me, Some(&links), tag, parts);
         }
         if large.is_none() {
-            *large = Some(Large::new(parts)?);
+            *large = Some(py.detach(|| Large::new(parts))?);
         }
         let msg = large.as_ref().expect("made above");
         ring.try_push_fd(me, &links, tag, std::os::fd::AsFd::as_fd(&msg.fd), msg.len)
@@ -201,7 +203,7 @@ impl Channel {
                 // Keep FIFO: behind this process's backlog.
                 Push::FullBytes
             } else {
-                self.try_put(me, tag, parts, &mut large)
+                self.try_put(py, me, tag, parts, &mut large)
                     .map_err(Error::from)?
             };
             match why {
