@@ -797,6 +797,36 @@ def test_exit_flushes_the_backlog(start_method):
         q.get(timeout=0.1)
 
 
+def _put_many_until_full(q, n, done):
+    try:
+        q.put_many([bytes([i]) * 20000 for i in range(n)], timeout=0.3)
+    except Full:
+        pass
+    done.set()
+
+
+def test_exit_flushes_a_backlog_that_a_put_many_ending_in_full_started(start_method):
+    """A bounded ``put_many`` that puts some items into the ring, some into the backlog (it
+    starts the feeder) and then raises ``Full``: the child still waits at exit for its
+    feeder, and every item it accepted arrives (the exit join is registered where the feeder
+    starts, not from the status the call returns)."""
+    ctx = rmp.get_context(start_method)
+    q = queues.Queue(maxsize=8, ctx=ctx, capacity=1 << 16)  # 3 of the items fit in the ring
+    done = ctx.Event()
+    p = ctx.Process(target=_put_many_until_full, args=(q, 20, done))
+    p.start()
+    try:
+        assert done.wait(30)
+        got = [q.get(timeout=10) for _ in range(8)]
+        p.join(30)
+    finally:
+        join_or_kill([p])
+    assert p.exitcode == 0
+    assert got == [bytes([i]) * 20000 for i in range(8)]
+    with pytest.raises(Empty):
+        q.get(timeout=0.1)
+
+
 @pytest.mark.parametrize("cancel", ["before", "after"])
 def test_cancel_join_thread_exits_without_the_backlog(start_method, cancel):
     """With ``cancel_join_thread()`` (before or after the puts) a child whose backlog

@@ -279,7 +279,15 @@ def _open_channel(state):
 
 # ---------------------------------------------------------------- exit flush
 
-_exit_join_pid = None
+_exit_join_registered = False
+
+
+def _forget_exit_join():
+    global _exit_join_registered
+    _exit_join_registered = False  # a forked child registers its own
+
+
+os.register_at_fork(after_in_child=_forget_exit_join)
 
 
 def _join_feeders_at_exit():
@@ -288,12 +296,14 @@ def _join_feeders_at_exit():
 
 
 def _register_exit_join():
-    """Once per process (called when a put first goes to a feeder): at exit, wait until every
-    feeder of this process has moved its backlog into its ring (as the stdlib joins its
-    feeder threads), except those of queues whose ``cancel_join_thread()`` was called."""
-    global _exit_join_pid
-    if _exit_join_pid != os.getpid():
-        _exit_join_pid = os.getpid()
+    """Once per process (called whenever a put goes to a feeder, so that no path can miss
+    it): at exit, wait until every feeder of this process has moved its backlog into its ring
+    (as the stdlib joins its feeder threads), except those of queues whose
+    ``cancel_join_thread()`` was called. A flag, not ``os.getpid()``: that is a system call,
+    and a producer ahead of its consumers puts every message through here."""
+    global _exit_join_registered
+    if not _exit_join_registered:
+        _exit_join_registered = True
         Finalize(None, _join_feeders_at_exit, exitpriority=-5)
 
 

@@ -166,12 +166,22 @@ impl Channel {
         ring.try_push_fd(me, &links, tag, std::os::fd::AsFd::as_fd(&msg.fd), msg.len)
     }
 
-    /// Queues a message behind this process's backlog; true if that started the feeder.
-    fn enqueue(&self, tag: u8, parts: &[&[u8]]) -> PyResult<bool> {
-        self.feeder
+    /// Queues a message behind this process's backlog. When that starts the feeder, the
+    /// process registers its wait for the feeders at exit here, whatever the caller then does
+    /// with the status (a batch that ends in `Full`, a Ctrl-C before Python sees it).
+    fn enqueue(&self, py: Python<'_>, tag: u8, parts: &[&[u8]]) -> PyResult<()> {
+        static REGISTER: pyo3::sync::PyOnceLock<Py<PyAny>> = pyo3::sync::PyOnceLock::new();
+        let started = self
+            .feeder
             .get_or_create(&self.chan)
             .enqueue(Pending::new(tag, parts.concat()))
-            .map_err(|e| Error::from(e).into())
+            .map_err(Error::from)?;
+        if started {
+            REGISTER
+                .import(py, "rmp.queues", "_register_exit_join")?
+                .call0()?;
+        }
+        Ok(())
     }
 
     /// The whole `put`: commit now, or queue behind the backlog (`feed`), or wait for room.
@@ -236,13 +246,8 @@ impl Channel {
                 }
                 Push::FullBytes if feed && self.may_backlog() => {
                     // A memfd made for this message is dropped: the backlog keeps bytes.
-                    // PUT_FED only when the feeder starts: the caller then registers the
-                    // wait for it at exit, once, not once per message.
-                    return Ok(if self.enqueue(tag, parts)? {
-                        PUT_FED
-                    } else {
-                        PUT_OK
-                    });
+                    self.enqueue(py, tag, parts)?;
+                    return Ok(PUT_FED);
                 }
                 Push::TooBig => unreachable!("large messages go by descriptor"),
                 _ if !block => return Ok(PUT_FULL),

@@ -24,6 +24,9 @@ use crate::sync::Me;
 const FEED_SPIN: Duration = Duration::from_micros(50);
 /// Longest the feeder spins for a burst's worth of room while consumers keep popping.
 const FEED_BURST: Duration = Duration::from_micros(500);
+/// Longest a feeder waits for the ring to drain to half before it competes for each freed
+/// slot instead (see `deliver`).
+const HALF_SLICE: Duration = Duration::from_millis(5);
 /// How long the feeder sleeps on the ring before it re-checks for cancellation.
 const FEED_SLICE: Duration = Duration::from_millis(50);
 
@@ -159,6 +162,10 @@ impl Shared {
     /// down immediately (then the item is dropped).
     fn deliver(&self, me: &Me, mut item: Pending) {
         let ring = self.chan.ring();
+        // Whether to wait for half the ring rather than for each pop: until a wait for half
+        // ends with the ring still fuller, which happens when other putters (without a
+        // feeder: pool workers writing results) take each freed slot.
+        let mut patient = true;
         loop {
             if self.cancelled.load(Ordering::Acquire) || ring.shutdown_state() == SHUTDOWN_IMMEDIATE
             {
@@ -173,16 +180,21 @@ impl Shared {
                         let _ = ring.wait_not_full(seen, FEED_SLICE);
                     }
                 }
-                Ok(Push::FullBytes) if ring.fits_half(item.data.len()) => {
+                Ok(Push::FullBytes)
+                    if patient && ring.fits_half(item.data.len()) && !ring.has_full_sleepers() =>
+                {
                     // Sleep until the consumers drained half the ring, then refill it in
                     // one go (see `Ring::wait_half_empty`): spinning here would take a CPU
-                    // from the consumers whenever processes outnumber CPUs.
-                    let _ = ring.wait_half_empty(FEED_SLICE);
+                    // from the consumers whenever processes outnumber CPUs. Not while other
+                    // putters wait for each pop: they would refill every freed slot and the
+                    // ring would never drain to half.
+                    let _ = ring.wait_half_empty(HALF_SLICE);
+                    patient = ring.half_empty();
                 }
                 Ok(Push::FullBytes) => {
-                    // A message too large to be sure to fit in half the ring: room for it
-                    // while the consumers keep popping (see `Ring::spin_for_room`); a sleep
-                    // only once they stop.
+                    // A message too large to be sure to fit in half the ring, or other
+                    // putters compete for room: room for it while the consumers keep popping
+                    // (see `Ring::spin_for_room`); a sleep only once they stop.
                     let want = ring.burst_room(item.data.len());
                     if !ring.spin_for_room(want, FEED_SPIN, FEED_BURST) {
                         let seen = ring.not_full_seq();
@@ -269,7 +281,7 @@ impl Feeder {
     }
 
     /// Queues `item` behind the backlog, starting the thread if needed. Returns whether this
-    /// call started it (the process must then wait for it at exit).
+    /// call started it.
     pub fn enqueue(&self, item: Pending) -> io::Result<bool> {
         let mut st = self.shared.state();
         if st.closed {

@@ -970,6 +970,11 @@ impl Ring {
         len <= self.max_payload() && 2 * record_len(len) as usize <= self.capacity() / 2
     }
 
+    /// Whether a producer sleeps until the next pop (a putter without a feeder, blocked).
+    pub fn has_full_sleepers(&self) -> bool {
+        self.hdr().full_sleepers.load(Ordering::Relaxed) > 0
+    }
+
     /// Sleeps at most `slice` until a pop leaves the ring at most half full. A producer that
     /// found the ring full waits this way rather than for the next pop: the consumers then
     /// drain half the ring with no wake call (one wakes the sleepers when the ring crosses

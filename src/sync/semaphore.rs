@@ -31,7 +31,8 @@ use crate::platform;
 pub const SEM_MAGIC: u32 = u32::from_le_bytes(*b"RMPS");
 /// Layout version of [`SemState`]; bump on any change of fields or meaning.
 /// 2: `kind`, owner thread and start time (1 had a semaphore kind only, 32 bytes).
-pub const SEM_VERSION: u32 = 2;
+/// 3: `sleepers` is taken back by the waker for the sleepers it woke (`sync::wake`).
+pub const SEM_VERSION: u32 = 3;
 
 /// What a [`SemState`] is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
