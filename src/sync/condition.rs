@@ -326,10 +326,13 @@ mod tests {
     #[test]
     fn notify_skips_a_dead_sleeper() {
         let c = new_cond();
-        // A thread registers and exits (a sleeper that died).
+        // A thread registers and exits (a sleeper that died). It lives a few clock ticks
+        // (10 ms each) past its start, so that a thread of another test that reuses its id
+        // cannot have its start time and pass for it.
         let c2 = Arc::clone(&c);
         std::thread::spawn(move || {
             c2.register(&Me::current());
+            std::thread::sleep(Duration::from_millis(30));
         })
         .join()
         .unwrap();
