@@ -6,8 +6,13 @@ numpy arrays. Robustness (kills, stress, leaks, GIL and Ctrl-C) is in
 
 from __future__ import annotations
 
+import json
+import os
 import pickle
 import queue
+import random
+import subprocess
+import sys
 import threading
 import time
 
@@ -588,3 +593,131 @@ def test_large_bytes_come_back_whole_and_of_their_type(kind):
                 assert q.get(timeout=30) == ("small", i)
         finally:
             _close(q)
+
+
+# Above glibc's largest mmap threshold (32 MiB): such a buffer is a mapping of its own.
+HUGE = 40 << 20
+
+
+def _mapped_messages():
+    """This process's private mappings of a queue message's memfd, as (start, end)."""
+    with open("/proc/self/maps") as f:
+        lines = [line.split() for line in f if "rmp-queue-message" in line]
+    return [tuple(int(x, 16) for x in ln[0].split("-")) for ln in lines if ln[1].endswith("p")]
+
+
+def _data_address(obj):
+    return np.frombuffer(obj, dtype=np.uint8).ctypes.data
+
+
+def _put_random(q, kind, seed, size):
+    q.put(kind(random.Random(seed).randbytes(size)))
+
+
+@pytest.mark.parametrize("kind", [bytes, bytearray])
+@pytest.mark.parametrize("queue_type", ["Queue", "SimpleQueue", "JoinableQueue"])
+def test_huge_bytes_are_mapped_into_the_new_object_not_copied(queue_type, kind):
+    """A huge bytes/bytearray message from another process comes back as the file's pages
+    mapped (privately) inside the new object's buffer, only its partial end pages copied;
+    freeing the object unmaps them. Random content: a page out of place would show."""
+    ctx = rmp.get_context("fork")
+    q = getattr(ctx, queue_type)()
+    size = HUGE + 1234
+    p = ctx.Process(target=_put_random, args=(q, kind, 11, size))
+    p.start()
+    try:
+        # SimpleQueue.get has no timeout: the module's test timeout bounds it.
+        got = q.get() if queue_type == "SimpleQueue" else q.get(timeout=60)
+        assert type(got) is kind and got == kind(random.Random(11).randbytes(size))
+        maps = _mapped_messages()
+        assert len(maps) == 1, maps
+        lo, hi = maps[0]
+        start = _data_address(got)
+        page = os.sysconf("SC_PAGE_SIZE")
+        assert start < lo and hi <= start + size and hi - lo >= size - 2 * page
+        del got
+        assert _mapped_messages() == []
+    finally:
+        p.join(60)
+        q.close()
+        if queue_type != "SimpleQueue":
+            q.join_thread()
+    assert p.exitcode == 0
+
+
+def test_a_mapped_bytearray_is_an_ordinary_private_buffer():
+    """Writes to a mapped bytearray copy the pages they touch (the same message got again is
+    untouched), and it grows and shrinks like any other."""
+    src = random.Random(5).randbytes(HUGE)
+    q = rmp.Queue()
+    try:
+        q.put(bytearray(src))
+        q.put(bytearray(src))
+        got = q.get(timeout=30)
+        assert len(_mapped_messages()) == 1
+        expected = bytearray(src)
+        for b in (got, expected):
+            b[HUGE // 2] ^= 0xFF
+            b[:10] = b"0123456789"
+            b += b"tail" * 5000  # grows: glibc cannot move the mapping, so it copies
+            del b[-7:]
+        assert got == expected
+        again = q.get(timeout=30)
+        assert again == src
+        del got, again, expected
+        assert _mapped_messages() == []
+    finally:
+        _close(q)
+
+
+def test_huge_bytes_at_another_page_offset_are_read_not_mapped():
+    """A bytearray whose data does not start where a new one's would (its front deleted)
+    writes its message at an offset no new object matches: read by the kernel instead."""
+    src = random.Random(3).randbytes(HUGE + 1)
+    ba = bytearray(src)
+    del ba[:1]  # moves the buffer's start by one byte
+    q = rmp.Queue()
+    try:
+        q.put(ba)
+        got = q.get(timeout=30)
+        assert got == src[1:] and type(got) is bytearray
+        assert _mapped_messages() == []
+    finally:
+        _close(q)
+
+
+_ROUND_TRIP = (
+    """
+import json, os, random, sys
+import rmp
+q = rmp.SimpleQueue()
+src = random.Random(9).randbytes(%d)
+q.put(src)
+got = q.get()
+with open("/proc/self/maps") as f:
+    mapped = sum("rmp-queue-message" in line for line in f)
+print(json.dumps([got == src, mapped]))
+"""
+    % HUGE
+)
+
+
+@pytest.mark.parametrize(
+    "env, mapped",
+    [
+        ({"PYTHONMALLOC": "malloc"}, 1),
+        ({"PYTHONMALLOC": "malloc_debug"}, 0),  # a debug layer: the block is not malloc's
+        ({"PYTHONMALLOC": "pymalloc_debug"}, 0),
+        ({"RMP_MAP_LARGE_BYTES": "0"}, 0),  # turned off
+    ],
+)
+def test_mapping_only_where_the_allocator_is_known(env, mapped):
+    out = subprocess.run(
+        [sys.executable, "-c", _ROUND_TRIP],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [True, mapped]

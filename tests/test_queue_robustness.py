@@ -708,9 +708,11 @@ def test_blocking_calls_release_the_gil(kind, timeout):
 
 @pytest.mark.parametrize("kind", [bytes, bytearray])
 def test_a_large_message_is_copied_with_the_gil_released(kind):
-    """A message too large for the ring is copied into its memfd by ``put`` and out of it by
-    ``get`` without the GIL, as ``os.write`` and ``os.read`` do: another thread keeps running
-    through each copy, so its longest pause is a small part of the call."""
+    """A message too large for the ring is copied into its memfd by ``put`` and mapped (or
+    read) out of it by ``get`` without the GIL, as ``os.write`` and ``os.read`` do, and in
+    steps short enough not to hold the process's memory-map lock long: another thread,
+    which allocates as it runs, keeps running through each, so its longest pause is a small
+    part of the call."""
     big = kind(bytes(range(256)) * (1 << 19))  # 128 MiB
     q = rmp.Queue()
     stamps, stop = [], threading.Event()

@@ -568,12 +568,12 @@ pub fn eventfd_take(fd: BorrowedFd<'_>) -> io::Result<bool> {
     }
 }
 
-/// Writes all of `parts`, one after the other, into the file `fd` from offset 0 (`pwritev`,
+/// Writes all of `parts`, one after the other, into the file `fd` from `offset` (`pwrite`,
 /// retried on `EINTR` and short writes). Into a memfd, the kernel copies straight into the
 /// file's pages as it allocates them: no mapping, no user page faults, no unmapping (on this
 /// project's VM, half the time of populating a mapping and copying into it).
-pub fn write_all_at(fd: BorrowedFd<'_>, parts: &[&[u8]]) -> io::Result<()> {
-    let mut off = 0u64;
+pub fn write_all_at(fd: BorrowedFd<'_>, parts: &[&[u8]], offset: u64) -> io::Result<()> {
+    let mut off = offset;
     for p in parts {
         let mut rest = *p;
         while !rest.is_empty() {
@@ -591,14 +591,14 @@ pub fn write_all_at(fd: BorrowedFd<'_>, parts: &[&[u8]]) -> io::Result<()> {
     Ok(())
 }
 
-/// Fills `dst` from the file `fd`, from offset 0 (`pread`, retried on `EINTR` and short
+/// Fills `dst` from the file `fd`, from `offset` (`pread`, retried on `EINTR` and short
 /// reads; a file shorter than `dst` is an `UnexpectedEof`). The kernel copies into `dst`
 /// directly: fresh destination pages fault inside the copy, far cheaper here than faults
 /// taken by a user-space copy.
-pub fn read_exact_at(fd: BorrowedFd<'_>, dst: &mut [u8]) -> io::Result<()> {
+pub fn read_exact_at(fd: BorrowedFd<'_>, dst: &mut [u8], offset: u64) -> io::Result<()> {
     let mut off = 0usize;
     while off < dst.len() {
-        match rustix::io::pread(fd, &mut dst[off..], off as u64) {
+        match rustix::io::pread(fd, &mut dst[off..], offset + off as u64) {
             Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
             Ok(n) => off += n,
             Err(rustix::io::Errno::INTR) => {}
@@ -606,6 +606,208 @@ pub fn read_exact_at(fd: BorrowedFd<'_>, dst: &mut [u8]) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Fills the `len` bytes at `dst` from the file `fd` from `offset`, as [`read_exact_at`]
+/// does, except that the whole pages of `dst` become a private mapping of the file's pages
+/// ([`map_file_private_over`]): only the partial pages at either end are copied. `dst` and
+/// `offset` must be the same distance past a page boundary.
+///
+/// On an error the pages of `dst` may hold no mapping: the caller must only free the block.
+///
+/// # Safety
+/// `dst..dst + len` is writable memory the caller owns alone, inside a block that is
+/// unmapped whole when freed (the contract of [`map_file_private_over`]).
+pub unsafe fn read_exact_at_mapped(
+    fd: BorrowedFd<'_>,
+    dst: *mut u8,
+    len: usize,
+    offset: u64,
+) -> io::Result<()> {
+    let page = page_size();
+    let start = dst as usize;
+    if start % page != (offset % page as u64) as usize {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "destination and file offset differ within a page",
+        ));
+    }
+    if !size_sealed(fd) || file_size(fd)? < offset + len as u64 {
+        // A mapping past the file's end would fault (SIGBUS) when read: only a file that
+        // holds the range and can no longer shrink is mapped.
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the file may be shorter than the range to map",
+        ));
+    }
+    let first = start.next_multiple_of(page);
+    let end = (start + len) & !(page - 1);
+    if end <= first {
+        // SAFETY: the caller owns the `len` bytes at `dst`.
+        return read_exact_at(
+            fd,
+            unsafe { std::slice::from_raw_parts_mut(dst, len) },
+            offset,
+        );
+    }
+    let head = first - start;
+    let tail = start + len - end;
+    // SAFETY: `first..end` is page-aligned and inside the caller's range, with the file's
+    // matching offset page-aligned too (checked above); the caller's contract covers the rest.
+    unsafe { map_file_private_over(first as *mut u8, end - first, fd, offset + head as u64)? };
+    // SAFETY: the head and tail are the caller's, outside the pages just mapped.
+    let (head_buf, tail_buf) = unsafe {
+        (
+            std::slice::from_raw_parts_mut(dst, head),
+            std::slice::from_raw_parts_mut(end as *mut u8, tail),
+        )
+    };
+    read_exact_at(fd, head_buf, offset)?;
+    read_exact_at(fd, tail_buf, offset + (end - start) as u64)?;
+    Ok(())
+}
+
+/// The size of a page of memory (4 KiB on x86-64; 4, 16 or 64 KiB on arm64 kernels).
+pub fn page_size() -> usize {
+    static SIZE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    // SAFETY: sysconf only reads a system constant.
+    *SIZE.get_or_init(|| match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        n if n > 0 => n as usize,
+        _ => 4096,
+    })
+}
+
+/// The size of the file `fd` (`fstat`).
+pub fn file_size(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    Ok(rustix::fs::fstat(fd)?.st_size as u64)
+}
+
+/// Puts the pages of the file `fd` from `offset` in place of the whole pages at `addr`
+/// (`len` bytes): a private, copy-on-write mapping (`MAP_FIXED | MAP_PRIVATE`), whose page
+/// table entries are then filled for reading (`MADV_POPULATE_READ`, Linux 5.14; without it
+/// the pages fault in on first use). Reading shares the file's pages; a write copies the
+/// page it touches, as in any private mapping. The population goes by `POPULATE_CHUNK`s so
+/// that no call holds the process's memory-map lock long (a single `MAP_POPULATE` of 128
+/// MiB held it for 15 ms, stalling every other thread that allocated meanwhile).
+///
+/// On an error the range may hold no mapping at all: the caller must then not touch it,
+/// only free the block it belongs to (`munmap` of a range with holes is fine).
+///
+/// # Safety
+/// `addr` and `len` are page-aligned and the range is memory the caller owns alone (no other
+/// pointer into it is used meanwhile), inside a block of memory that is returned to the
+/// kernel with `munmap` when freed, never recycled by an allocator that expects its old
+/// pages (or zeroes) there.
+pub unsafe fn map_file_private_over(
+    addr: *mut u8,
+    len: usize,
+    fd: BorrowedFd<'_>,
+    offset: u64,
+) -> io::Result<()> {
+    use rustix::mm::{Advice, MapFlags, ProtFlags};
+    const POPULATE_CHUNK: usize = 4 << 20;
+    // SAFETY: the caller owns the range alone and lets it be replaced (see above).
+    let got = unsafe {
+        rustix::mm::mmap(
+            addr.cast(),
+            len,
+            ProtFlags::READ | ProtFlags::WRITE,
+            MapFlags::PRIVATE | MapFlags::FIXED,
+            fd,
+            offset,
+        )?
+    };
+    if got.cast::<u8>() != addr {
+        // MAP_FIXED maps at `addr` or fails: unreachable, but never use a wrong address.
+        return Err(io::Error::other("MAP_FIXED mapped elsewhere"));
+    }
+    let mut done = 0;
+    while done < len {
+        let n = POPULATE_CHUNK.min(len - done);
+        // SAFETY: advice on part of the mapping just made; populating changes no contents.
+        let r = unsafe { rustix::mm::madvise(addr.add(done).cast(), n, Advice::LinuxPopulateRead) };
+        if r.is_err() {
+            break; // an older kernel (EINVAL): the pages fault in when first read
+        }
+        done += n;
+    }
+    Ok(())
+}
+
+/// Whether this process's `malloc` is glibc's own (no other allocator interposed, as
+/// jemalloc, tcmalloc or mimalloc are with `LD_PRELOAD` or by linking): the condition for
+/// [`glibc_mmapped_block`] to mean anything.
+pub fn malloc_is_glibc() -> bool {
+    static IS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *IS.get_or_init(|| {
+        // SAFETY: dlopen with RTLD_NOLOAD only looks up a library already loaded (it loads
+        // nothing and runs no constructor); dlsym reads symbol tables; the handle is closed.
+        unsafe {
+            let libc_so = libc::dlopen(c"libc.so.6".as_ptr(), libc::RTLD_LAZY | libc::RTLD_NOLOAD);
+            if libc_so.is_null() {
+                return false; // not glibc (musl has no libc.so.6)
+            }
+            let own = libc::dlsym(libc_so, c"malloc".as_ptr());
+            let glibc = !libc::dlsym(libc_so, c"gnu_get_libc_version".as_ptr()).is_null();
+            libc::dlclose(libc_so);
+            glibc && !own.is_null() && libc::dlsym(libc::RTLD_DEFAULT, c"malloc".as_ptr()) == own
+        }
+    })
+}
+
+/// Whether `block`, a pointer glibc's `malloc` returned for at least `len` bytes, is an
+/// "mmapped chunk": a block glibc serves by a mapping of its own, which `free` unmaps whole
+/// and in which nothing else is ever placed. Such a chunk starts at a page boundary, 16
+/// bytes before the block, with two words: `prev_size` (0 when the chunk starts its
+/// mapping) and the chunk's size with the flag `IS_MMAPPED` (2) set and the other two flag
+/// bits clear. A chunk of glibc's heap never has that flag, so this cannot take a heap
+/// block for a mapped one.
+///
+/// # Safety
+/// [`malloc_is_glibc`] holds and `block` is either a pointer `malloc` returned (glibc's
+/// chunk header is then the 16 bytes before it) or one at least 16 bytes into such a block
+/// (the check then reads the block's own bytes and fails). Either way the 16 bytes before
+/// `block` are readable.
+pub unsafe fn glibc_mmapped_block(block: *const u8, len: usize) -> bool {
+    const HEADER: usize = 16;
+    const IS_MMAPPED: usize = 2;
+    const FLAGS: usize = 7;
+    let page = page_size();
+    let chunk = (block as usize).wrapping_sub(HEADER);
+    if chunk % page != 0 {
+        return false;
+    }
+    // SAFETY: the 16 bytes before `block` are readable (the caller's contract), and
+    // 16-byte aligned since `chunk` is page-aligned.
+    let (prev_size, size) = unsafe {
+        let words = chunk as *const usize;
+        (words.read(), words.add(1).read())
+    };
+    let total = size & !FLAGS;
+    prev_size == 0 && size & FLAGS == IS_MMAPPED && total % page == 0 && total >= HEADER + len
+}
+
+/// A new memfd of `len` bytes whose size can then be fixed for good ([`seal_size`]).
+pub fn memfd_sealable(name: &CStr, len: usize) -> io::Result<OwnedFd> {
+    use rustix::fs::MemfdFlags;
+    let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+    rustix::fs::ftruncate(&fd, len as u64)?;
+    Ok(fd)
+}
+
+/// Fixes the size of a [`memfd_sealable`] file for good (seals against shrinking, growing
+/// and further seals): a mapping of it can no longer fault past a shrunk end.
+pub fn seal_size(fd: BorrowedFd<'_>) -> io::Result<()> {
+    use rustix::fs::SealFlags;
+    Ok(rustix::fs::fcntl_add_seals(
+        fd,
+        SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL,
+    )?)
+}
+
+/// Whether the file `fd` can no longer shrink (see [`seal_size`]).
+pub fn size_sealed(fd: BorrowedFd<'_>) -> bool {
+    rustix::fs::fcntl_get_seals(fd).is_ok_and(|s| s.contains(rustix::fs::SealFlags::SHRINK))
 }
 
 /// Maps `len` bytes of `fd` shared and read-write with the pages populated up front

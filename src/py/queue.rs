@@ -21,8 +21,9 @@ use super::pool::TaskBoard;
 use super::shm::Segment;
 use super::{deadline, wait_detached};
 use crate::errors::Error;
+use crate::platform;
 use crate::pool::Board;
-use crate::queue::channel::{Channel as CoreChannel, Large};
+use crate::queue::channel::{message_offset, Channel as CoreChannel, Large};
 use crate::queue::feeder::{FeederSlot, Pending};
 use crate::queue::{Popped, Push, OPEN, SHUTDOWN_IMMEDIATE};
 use crate::shm::Segment as CoreSegment;
@@ -160,7 +161,7 @@ impl Channel {
             return ring.try_push(me, Some(&links), tag, parts);
         }
         if large.is_none() {
-            *large = Some(py.detach(|| Large::new(parts))?);
+            *large = Some(py.detach(|| Large::new(parts, memfd_offset(tag, parts)))?);
         }
         let msg = large.as_ref().expect("made above");
         ring.try_push_fd(me, &links, tag, std::os::fd::AsFd::as_fd(&msg.fd), msg.len)
@@ -174,7 +175,7 @@ impl Channel {
         let started = self
             .feeder
             .get_or_create(&self.chan)
-            .enqueue(Pending::new(tag, parts.concat()))
+            .enqueue(Pending::new(tag, parts.concat(), memfd_offset(tag, parts)))
             .map_err(Error::from)?;
         if started {
             REGISTER
@@ -320,6 +321,10 @@ impl Channel {
             .map(|p| match p {
                 Popped::Inline { tag, data } => {
                     Ok((tag, data).into_pyobject(py)?.unbind().into_any())
+                }
+                Popped::Fd { tag, fd, len } if tag & !TAG_WRITABLE == TAG_BYTES => {
+                    let obj = fd_bytes(py, tag, fd, len)?;
+                    Ok((tag, obj).into_pyobject(py)?.unbind().into_any())
                 }
                 Popped::Fd { tag, fd, len } => {
                     let obj = fd_message(py, fd, len)?;
@@ -505,7 +510,8 @@ fn task_header(py: Python<'_>, item: &Popped<Py<PyAny>>) -> Option<(u64, u64)> {
             }
         }
         Popped::Fd { fd, len, .. } => {
-            let at = len.checked_sub(16)?;
+            let at =
+                message_offset(std::os::fd::AsFd::as_fd(fd), *len).ok()? + len.checked_sub(16)?;
             if rustix::io::pread(fd, &mut tail, at).ok()? != 16 {
                 return None;
             }
@@ -527,25 +533,115 @@ fn fd_message(py: Python<'_>, fd: std::os::fd::OwnedFd, len: u64) -> PyResult<Py
     Ok(Py::new(py, Segment::from_core(seg))?.into_any())
 }
 
-/// A `bytes` (or, tagged writable, `bytearray`) message held in the memfd `fd`: read into
-/// the new object by the kernel, with the interpreter released (see
-/// `platform::read_exact_at`), rather than mapped and copied (which took twice as long).
+/// Where in its memfd a message too large for the ring goes (see `Large::new`). For a
+/// `bytes` or `bytearray` message, which `get` rebuilds as a new object of the same kind
+/// and size, the page offset of the source's data: where the new object's data will be if
+/// both come from the same allocator, so that `fd_bytes` can map the file's pages into it
+/// instead of copying them. 0 for anything else.
+fn memfd_offset(tag: u8, parts: &[&[u8]]) -> usize {
+    match parts {
+        [one] if tag & !TAG_WRITABLE == TAG_BYTES => one.as_ptr() as usize % platform::page_size(),
+        _ => 0,
+    }
+}
+
+/// Smallest message `fd_bytes` maps rather than reads: below it the copy is cheap, and each
+/// mapping is a kernel memory area of its own (a process has 65,530 by default).
+const MAP_MIN: usize = 1 << 20;
+
+/// Whether `fd_bytes` may map a memfd's pages into a new `bytes`/`bytearray`: the object's
+/// buffer must come straight from glibc's `malloc` (checked per object by
+/// `platform::glibc_mmapped_block`), so not with a free-threaded build or a `PYTHONMALLOC`
+/// that puts another allocator (mimalloc) or a debug layer in between; and
+/// `RMP_MAP_LARGE_BYTES=0` turns it off.
+fn may_map_bytes(py: Python<'_>) -> bool {
+    static MAY: pyo3::sync::PyOnceLock<bool> = pyo3::sync::PyOnceLock::new();
+    *MAY.get_or_init(py, || {
+        let env_allows = |name: &str, ok: &[&str]| {
+            std::env::var(name).map_or(true, |v| v.is_empty() || ok.contains(&v.as_str()))
+        };
+        // A free-threaded build ("t" in its ABI flags) allocates objects with mimalloc.
+        let free_threaded = py
+            .import("sys")
+            .and_then(|sys| sys.getattr("abiflags"))
+            .and_then(|f| f.extract::<String>())
+            .map_or(true, |f| f.contains('t'));
+        !free_threaded
+            && env_allows("PYTHONMALLOC", &["pymalloc", "malloc"])
+            && env_allows("RMP_MAP_LARGE_BYTES", &["1"])
+            && platform::malloc_is_glibc()
+    })
+}
+
+/// A `bytes` (or, tagged writable, `bytearray`) message held in the memfd `fd`, as a new
+/// object, with the interpreter released while its bytes arrive. When the object's buffer is
+/// a block glibc maps on its own (any buffer of more than 32 MiB, often smaller ones) and
+/// lies in its pages as the message does in the file's (see `memfd_offset`), its whole
+/// pages become a private copy-on-write mapping of the file's pages and only the partial
+/// pages at either end are copied; `free` unmaps the block whole, mapping included. Else the
+/// kernel reads the message into it (`pread`).
 fn fd_bytes(py: Python<'_>, tag: u8, fd: std::os::fd::OwnedFd, len: u64) -> PyResult<Py<PyAny>> {
     let len = usize::try_from(len).map_err(|_| PyValueError::new_err("message too large"))?;
-    let (obj, ptr) = alloc_message(py, tag, len).map_err(Error::from)?;
+    let fd = std::os::fd::AsFd::as_fd(&fd);
+    let offset = message_offset(fd, len as u64).map_err(Error::from)?;
+    let (mut obj, mut ptr) = alloc_message(py, tag, len).map_err(Error::from)?;
+    if mappable(py, &obj, tag, ptr, len, offset) {
+        let dst = SendPtr(ptr);
+        let mapped = py.detach(|| {
+            let dst = dst;
+            // SAFETY: the object is new and ours alone, its buffer is `len` writable bytes
+            // in a block that glibc unmaps whole when freed (`mappable`).
+            unsafe { platform::read_exact_at_mapped(fd, dst.0, len, offset) }
+        });
+        if mapped.is_ok() {
+            return Ok(obj);
+        }
+        // The object's pages may be gone: it is only freed, and the message, still whole in
+        // the file, is read into a new one.
+        drop(obj);
+        (obj, ptr) = alloc_message(py, tag, len).map_err(Error::from)?;
+    }
     if len > 0 {
-        // Not shared: the object is ours alone until returned.
         let dst = SendPtr(ptr);
         py.detach(|| {
             let dst = dst;
-            // SAFETY: `alloc_message` gave `len` writable bytes in `obj`, which we keep alive
-            // and which no other thread can see yet.
+            // SAFETY: `alloc_message` gave `len` writable bytes in `obj`, which we keep
+            // alive and which no other thread can see yet.
             let buf = unsafe { std::slice::from_raw_parts_mut(dst.0, len) };
-            crate::platform::read_exact_at(std::os::fd::AsFd::as_fd(&fd), buf)
+            platform::read_exact_at(fd, buf, offset)
         })
         .map_err(Error::from)?;
     }
     Ok(obj)
+}
+
+/// Whether `fd_bytes` may map the pages of a message at `offset` of its file into the new
+/// object `obj` (tagged `tag`), whose `len` bytes of data are at `ptr`.
+fn mappable(
+    py: Python<'_>,
+    obj: &Py<PyAny>,
+    tag: u8,
+    ptr: *mut u8,
+    len: usize,
+    offset: u64,
+) -> bool {
+    if len < MAP_MIN
+        || ptr as usize % platform::page_size() != offset as usize
+        || !may_map_bytes(py)
+    {
+        return false;
+    }
+    // The block `malloc` returned: a `bytes` is one block from its header (pymalloc passes
+    // anything above 512 bytes to `malloc`); a `bytearray`'s buffer is a block of its own.
+    let (block, block_len) = if tag & TAG_WRITABLE != 0 {
+        (ptr.cast_const(), len + 1)
+    } else {
+        let header = ptr as usize - obj.as_ptr() as usize;
+        (obj.as_ptr().cast::<u8>().cast_const(), header + len + 1)
+    };
+    // SAFETY: glibc's malloc is in use (`may_map_bytes`), and `block` is the pointer it
+    // returned for this object (or, under a debug layer, one into that block).
+    unsafe { platform::glibc_mmapped_block(block, block_len) }
 }
 
 /// A pointer moved into a closure run without the interpreter (see `fd_bytes`).

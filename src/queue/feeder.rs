@@ -36,15 +36,18 @@ const FEED_SLICE: Duration = Duration::from_millis(50);
 pub struct Pending {
     tag: u8,
     data: Vec<u8>,
+    /// Where a memfd made for it puts the message (see [`Large::new`]).
+    offset: usize,
     large: Option<Large>,
 }
 
 impl Pending {
-    /// A message of `data` tagged `tag`.
-    pub fn new(tag: u8, data: Vec<u8>) -> Pending {
+    /// A message of `data` tagged `tag`, which goes at `offset` of a memfd if it needs one.
+    pub fn new(tag: u8, data: Vec<u8>, offset: usize) -> Pending {
         Pending {
             tag,
             data,
+            offset,
             large: None,
         }
     }
@@ -56,7 +59,7 @@ impl Pending {
             return ring.try_push(me, Some(&links), self.tag, &[&self.data]);
         }
         if self.large.is_none() {
-            self.large = Some(Large::new(&[&self.data])?);
+            self.large = Some(Large::new(&[&self.data], self.offset)?);
         }
         let msg = self.large.as_ref().expect("made above");
         ring.try_push_fd(me, &links, self.tag, msg.fd.as_fd(), msg.len)
