@@ -118,7 +118,11 @@ pub fn futex_wake(word: &AtomicU32, count: u32) -> io::Result<usize> {
 
 /// An anonymous shared-memory file of `len` bytes (`memfd_create` + `ftruncate`), close-on-exec.
 pub fn memfd(name: &CStr, len: usize) -> io::Result<OwnedFd> {
-    let fd = rustix::fs::memfd_create(name, rustix::fs::MemfdFlags::CLOEXEC)?;
+    memfd_with(name, len, rustix::fs::MemfdFlags::empty())
+}
+
+fn memfd_with(name: &CStr, len: usize, flags: rustix::fs::MemfdFlags) -> io::Result<OwnedFd> {
+    let fd = rustix::fs::memfd_create(name, rustix::fs::MemfdFlags::CLOEXEC | flags)?;
     rustix::fs::ftruncate(&fd, len as u64)?;
     Ok(fd)
 }
@@ -611,7 +615,8 @@ pub fn read_exact_at(fd: BorrowedFd<'_>, dst: &mut [u8], offset: u64) -> io::Res
 /// Fills the `len` bytes at `dst` from the file `fd` from `offset`, as [`read_exact_at`]
 /// does, except that the whole pages of `dst` become a private mapping of the file's pages
 /// ([`map_file_private_over`]): only the partial pages at either end are copied. `dst` and
-/// `offset` must be the same distance past a page boundary.
+/// `offset` must be the same distance past a page boundary, and the file sealed with its
+/// contents ([`seal`]).
 ///
 /// On an error the pages of `dst` may hold no mapping: the caller must only free the block.
 ///
@@ -632,12 +637,13 @@ pub unsafe fn read_exact_at_mapped(
             "destination and file offset differ within a page",
         ));
     }
-    if !size_sealed(fd) || file_size(fd)? < offset + len as u64 {
-        // A mapping past the file's end would fault (SIGBUS) when read: only a file that
-        // holds the range and can no longer shrink is mapped.
+    if !sealed(fd, true) || file_size(fd)? < offset + len as u64 {
+        // A mapping past the file's end would fault (SIGBUS) when read, and a write to the
+        // file would show through pages not yet copied: only a file that holds the range and
+        // can change no more is mapped.
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            "the file may be shorter than the range to map",
+            "the file is not sealed, or shorter than the range to map",
         ));
     }
     let first = start.next_multiple_of(page);
@@ -718,7 +724,9 @@ pub unsafe fn map_file_private_over(
         )?
     };
     if got.cast::<u8>() != addr {
-        // MAP_FIXED maps at `addr` or fails: unreachable, but never use a wrong address.
+        // MAP_FIXED maps at `addr` or fails: unreachable. Undo it and report.
+        // SAFETY: the mapping just made, which nothing uses.
+        let _ = unsafe { rustix::mm::munmap(got, len) };
         return Err(io::Error::other("MAP_FIXED mapped elsewhere"));
     }
     let mut done = 0;
@@ -727,16 +735,20 @@ pub unsafe fn map_file_private_over(
         // SAFETY: advice on part of the mapping just made; populating changes no contents.
         let r = unsafe { rustix::mm::madvise(addr.add(done).cast(), n, Advice::LinuxPopulateRead) };
         if r.is_err() {
-            break; // an older kernel (EINVAL): the pages fault in when first read
+            // An older kernel (EINVAL), a signal (EINTR), no memory for page tables (ENOMEM):
+            // the pages not populated fault in when first read.
+            break;
         }
         done += n;
     }
     Ok(())
 }
 
-/// Whether this process's `malloc` is glibc's own (no other allocator interposed, as
-/// jemalloc, tcmalloc or mimalloc are with `LD_PRELOAD` or by linking): the condition for
-/// [`glibc_mmapped_block`] to mean anything.
+/// Whether the `malloc` this process's symbol lookup finds is glibc's own (no allocator
+/// such as jemalloc, tcmalloc or mimalloc interposed with `LD_PRELOAD` or by linking): a
+/// first filter before [`glibc_mmapped_block`]. It cannot see everything (a library that
+/// interposes the versioned `malloc@GLIBC_2.2.5`, as glibc's own `libc_malloc_debug.so`
+/// does, or valgrind's redirections); the chunk check is the guard that decides.
 pub fn malloc_is_glibc() -> bool {
     static IS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *IS.get_or_init(|| {
@@ -755,21 +767,25 @@ pub fn malloc_is_glibc() -> bool {
     })
 }
 
+/// Bytes of glibc's chunk header before a block `malloc` returns: two words.
+pub const GLIBC_CHUNK_HEADER: usize = 2 * std::mem::size_of::<usize>();
+
 /// Whether `block`, a pointer glibc's `malloc` returned for at least `len` bytes, is an
 /// "mmapped chunk": a block glibc serves by a mapping of its own, which `free` unmaps whole
-/// and in which nothing else is ever placed. Such a chunk starts at a page boundary, 16
-/// bytes before the block, with two words: `prev_size` (0 when the chunk starts its
+/// and in which nothing else is ever placed. Such a chunk starts at a page boundary, two
+/// words ([`GLIBC_CHUNK_HEADER`]) before the block, with those two words: `prev_size` (0 when the chunk starts its
 /// mapping) and the chunk's size with the flag `IS_MMAPPED` (2) set and the other two flag
 /// bits clear. A chunk of glibc's heap never has that flag, so this cannot take a heap
 /// block for a mapped one.
 ///
 /// # Safety
 /// [`malloc_is_glibc`] holds and `block` is either a pointer `malloc` returned (glibc's
-/// chunk header is then the 16 bytes before it) or one at least 16 bytes into such a block
-/// (the check then reads the block's own bytes and fails). Either way the 16 bytes before
-/// `block` are readable.
+/// chunk header is then the two words before it) or, under CPython's debug allocator, the
+/// data behind that layer's header in such a block (the check then reads that header,
+/// whose first word, the size asked for, is never 0: it fails). Either way the two words
+/// before `block` are readable.
 pub unsafe fn glibc_mmapped_block(block: *const u8, len: usize) -> bool {
-    const HEADER: usize = 16;
+    const HEADER: usize = GLIBC_CHUNK_HEADER;
     const IS_MMAPPED: usize = 2;
     const FLAGS: usize = 7;
     let page = page_size();
@@ -777,8 +793,8 @@ pub unsafe fn glibc_mmapped_block(block: *const u8, len: usize) -> bool {
     if chunk % page != 0 {
         return false;
     }
-    // SAFETY: the 16 bytes before `block` are readable (the caller's contract), and
-    // 16-byte aligned since `chunk` is page-aligned.
+    // SAFETY: the two words before `block` are readable (the caller's contract), and
+    // aligned since `chunk` is page-aligned.
     let (prev_size, size) = unsafe {
         let words = chunk as *const usize;
         (words.read(), words.add(1).read())
@@ -787,27 +803,33 @@ pub unsafe fn glibc_mmapped_block(block: *const u8, len: usize) -> bool {
     prev_size == 0 && size & FLAGS == IS_MMAPPED && total % page == 0 && total >= HEADER + len
 }
 
-/// A new memfd of `len` bytes whose size can then be fixed for good ([`seal_size`]).
+/// A new memfd of `len` bytes that can be sealed ([`seal`]).
 pub fn memfd_sealable(name: &CStr, len: usize) -> io::Result<OwnedFd> {
-    use rustix::fs::MemfdFlags;
-    let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
-    rustix::fs::ftruncate(&fd, len as u64)?;
-    Ok(fd)
+    memfd_with(name, len, rustix::fs::MemfdFlags::ALLOW_SEALING)
 }
 
-/// Fixes the size of a [`memfd_sealable`] file for good (seals against shrinking, growing
-/// and further seals): a mapping of it can no longer fault past a shrunk end.
-pub fn seal_size(fd: BorrowedFd<'_>) -> io::Result<()> {
+/// Seals a [`memfd_sealable`] file for good: its size (against shrinking and growing), and
+/// with `contents` its bytes too (`F_SEAL_WRITE`, refused while a shared writable mapping of
+/// it exists). A private mapping of a file sealed so can neither fault past a shrunk end nor
+/// see its unwritten pages change.
+pub fn seal(fd: BorrowedFd<'_>, contents: bool) -> io::Result<()> {
     use rustix::fs::SealFlags;
-    Ok(rustix::fs::fcntl_add_seals(
-        fd,
-        SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL,
-    )?)
+    let mut seals = SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL;
+    if contents {
+        seals |= SealFlags::WRITE;
+    }
+    Ok(rustix::fs::fcntl_add_seals(fd, seals)?)
 }
 
-/// Whether the file `fd` can no longer shrink (see [`seal_size`]).
-pub fn size_sealed(fd: BorrowedFd<'_>) -> bool {
-    rustix::fs::fcntl_get_seals(fd).is_ok_and(|s| s.contains(rustix::fs::SealFlags::SHRINK))
+/// Whether the file `fd` can no longer shrink, nor (with `contents`) be written.
+pub fn sealed(fd: BorrowedFd<'_>, contents: bool) -> bool {
+    use rustix::fs::SealFlags;
+    let want = if contents {
+        SealFlags::SHRINK | SealFlags::WRITE
+    } else {
+        SealFlags::SHRINK
+    };
+    rustix::fs::fcntl_get_seals(fd).is_ok_and(|s| s.contains(want))
 }
 
 /// Maps `len` bytes of `fd` shared and read-write with the pages populated up front

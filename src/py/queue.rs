@@ -161,7 +161,10 @@ impl Channel {
             return ring.try_push(me, Some(&links), tag, parts);
         }
         if large.is_none() {
-            *large = Some(py.detach(|| Large::new(parts, memfd_offset(tag, parts)))?);
+            *large = Some(py.detach(|| {
+                let (offset, frozen) = memfd_layout(tag);
+                Large::new(parts, offset, frozen)
+            })?);
         }
         let msg = large.as_ref().expect("made above");
         ring.try_push_fd(me, &links, tag, std::os::fd::AsFd::as_fd(&msg.fd), msg.len)
@@ -175,7 +178,10 @@ impl Channel {
         let started = self
             .feeder
             .get_or_create(&self.chan)
-            .enqueue(Pending::new(tag, parts.concat(), memfd_offset(tag, parts)))
+            .enqueue({
+                let (offset, frozen) = memfd_layout(tag);
+                Pending::new(tag, parts.concat(), offset, frozen)
+            })
             .map_err(Error::from)?;
         if started {
             REGISTER
@@ -469,7 +475,18 @@ impl Channel {
                 return Ok(Ok(got));
             }
             if state != OPEN {
-                return Ok(Err(GET_SHUTDOWN));
+                // Shut down gracefully: `ShutDown` once the queue is empty, counting the
+                // messages live processes' feeders still hold (their `put` returned before the
+                // shutdown). Asked first, then the ring once more: a message pushed before its
+                // count went down is seen then. Else wait for them as for any message.
+                if !ring.backlogged() {
+                    let got = attempt()?;
+                    return Ok(if got.is_empty() {
+                        Err(GET_SHUTDOWN)
+                    } else {
+                        Ok(got)
+                    });
+                }
             }
             if !block {
                 return Ok(Err(GET_EMPTY));
@@ -533,33 +550,42 @@ fn fd_message(py: Python<'_>, fd: std::os::fd::OwnedFd, len: u64) -> PyResult<Py
     Ok(Py::new(py, Segment::from_core(seg))?.into_any())
 }
 
-/// Where in its memfd a message too large for the ring goes (see `Large::new`). For a
-/// `bytes` or `bytearray` message, which `get` rebuilds as a new object of the same kind
-/// and size, the page offset of the source's data: where the new object's data will be if
-/// both come from the same allocator, so that `fd_bytes` can map the file's pages into it
-/// instead of copying them. 0 for anything else.
-fn memfd_offset(tag: u8, parts: &[&[u8]]) -> usize {
-    match parts {
-        [one] if tag & !TAG_WRITABLE == TAG_BYTES => one.as_ptr() as usize % platform::page_size(),
-        _ => 0,
+/// Where in its memfd a message too large for the ring goes, and whether its contents are
+/// sealed (see `Large::new`). A `bytes` message goes where a new `bytes` of its size has its
+/// data when glibc's `malloc` maps the object on its own (after glibc's chunk header and the
+/// object's header), so that `fd_bytes` can map the file's pages into that object instead of
+/// copying them; its file is sealed, so the pages it hands out can never change. Anything
+/// else (a `bytearray` too: it is sent to be written, and each first write to a mapped page
+/// would cost a copy of that page) goes at 0.
+fn memfd_layout(tag: u8) -> (usize, bool) {
+    if tag == TAG_BYTES {
+        let data = platform::GLIBC_CHUNK_HEADER + std::mem::offset_of!(ffi::PyBytesObject, ob_sval);
+        (data, true)
+    } else {
+        (0, false)
     }
 }
 
 /// Smallest message `fd_bytes` maps rather than reads: below it the copy is cheap, and each
-/// mapping is a kernel memory area of its own (a process has 65,530 by default).
+/// mapping splits the object's block into kernel memory areas of their own (a process has
+/// 65,530 by default). In practice glibc maps a block on its own only above 32 MiB, or below
+/// that until the process frees such a block (glibc then raises its threshold to its size).
 const MAP_MIN: usize = 1 << 20;
 
-/// Whether `fd_bytes` may map a memfd's pages into a new `bytes`/`bytearray`: the object's
-/// buffer must come straight from glibc's `malloc` (checked per object by
-/// `platform::glibc_mmapped_block`), so not with a free-threaded build or a `PYTHONMALLOC`
-/// that puts another allocator (mimalloc) or a debug layer in between; and
-/// `RMP_MAP_LARGE_BYTES=0` turns it off.
+/// Whether `fd_bytes` may map a memfd's pages into a new `bytes`: the object must come
+/// straight from glibc's `malloc` (checked per object by `platform::glibc_mmapped_block`),
+/// so not with a free-threaded build or a `PYTHONMALLOC` that puts another allocator
+/// (mimalloc) or a debug layer in between; and `RMP_MAP_LARGE_BYTES=0` (or `false`, `no`,
+/// `off`) turns it off. Read once, at the first large `get`.
 fn may_map_bytes(py: Python<'_>) -> bool {
     static MAY: pyo3::sync::PyOnceLock<bool> = pyo3::sync::PyOnceLock::new();
     *MAY.get_or_init(py, || {
         let env_allows = |name: &str, ok: &[&str]| {
             std::env::var(name).map_or(true, |v| v.is_empty() || ok.contains(&v.as_str()))
         };
+        let switched_off = std::env::var("RMP_MAP_LARGE_BYTES").is_ok_and(|v| {
+            ["0", "false", "no", "off"].contains(&v.trim().to_ascii_lowercase().as_str())
+        });
         // A free-threaded build ("t" in its ABI flags) allocates objects with mimalloc.
         let free_threaded = py
             .import("sys")
@@ -568,18 +594,18 @@ fn may_map_bytes(py: Python<'_>) -> bool {
             .map_or(true, |f| f.contains('t'));
         !free_threaded
             && env_allows("PYTHONMALLOC", &["pymalloc", "malloc"])
-            && env_allows("RMP_MAP_LARGE_BYTES", &["1"])
+            && !switched_off
             && platform::malloc_is_glibc()
     })
 }
 
 /// A `bytes` (or, tagged writable, `bytearray`) message held in the memfd `fd`, as a new
-/// object, with the interpreter released while its bytes arrive. When the object's buffer is
-/// a block glibc maps on its own (any buffer of more than 32 MiB, often smaller ones) and
-/// lies in its pages as the message does in the file's (see `memfd_offset`), its whole
-/// pages become a private copy-on-write mapping of the file's pages and only the partial
-/// pages at either end are copied; `free` unmaps the block whole, mapping included. Else the
-/// kernel reads the message into it (`pread`).
+/// object, with the interpreter released while its bytes arrive. A `bytes` whose object is a
+/// block glibc maps on its own (see `MAP_MIN`) and whose data lies in its pages as the
+/// message does in the file's (see `memfd_layout`) gets the file's pages mapped privately
+/// over its whole pages, and only the partial pages at either end are copied; `free` unmaps
+/// the block whole, mapping included. Else (and for a `bytearray`) the kernel reads the
+/// message into it (`pread`).
 fn fd_bytes(py: Python<'_>, tag: u8, fd: std::os::fd::OwnedFd, len: u64) -> PyResult<Py<PyAny>> {
     let len = usize::try_from(len).map_err(|_| PyValueError::new_err("message too large"))?;
     let fd = std::os::fd::AsFd::as_fd(&fd);
@@ -625,23 +651,19 @@ fn mappable(
     len: usize,
     offset: u64,
 ) -> bool {
-    if len < MAP_MIN
+    if tag != TAG_BYTES
+        || len < MAP_MIN
         || ptr as usize % platform::page_size() != offset as usize
         || !may_map_bytes(py)
     {
         return false;
     }
-    // The block `malloc` returned: a `bytes` is one block from its header (pymalloc passes
-    // anything above 512 bytes to `malloc`); a `bytearray`'s buffer is a block of its own.
-    let (block, block_len) = if tag & TAG_WRITABLE != 0 {
-        (ptr.cast_const(), len + 1)
-    } else {
-        let header = ptr as usize - obj.as_ptr() as usize;
-        (obj.as_ptr().cast::<u8>().cast_const(), header + len + 1)
-    };
-    // SAFETY: glibc's malloc is in use (`may_map_bytes`), and `block` is the pointer it
-    // returned for this object (or, under a debug layer, one into that block).
-    unsafe { platform::glibc_mmapped_block(block, block_len) }
+    // A `bytes` is one block from its header (pymalloc passes anything above 512 bytes to
+    // `malloc`), with its data, then a NUL.
+    let header = ptr as usize - obj.as_ptr() as usize;
+    // SAFETY: glibc's malloc is in use (`may_map_bytes`), and the object's address is the
+    // pointer it returned (or, under CPython's debug layer, one behind that layer's header).
+    unsafe { platform::glibc_mmapped_block(obj.as_ptr().cast::<u8>(), header + len + 1) }
 }
 
 /// A pointer moved into a closure run without the interpreter (see `fd_bytes`).
@@ -1118,7 +1140,8 @@ impl Channel {
         let deadline = deadline(timeout)?;
         loop {
             let seen = ring.not_empty_seq();
-            if !ring.is_empty() || ring.shutdown_state() != OPEN {
+            // Shut down, nothing more comes once no live feeder holds messages.
+            if !ring.is_empty() || (ring.shutdown_state() != OPEN && !ring.backlogged()) {
                 return Ok(!ring.is_empty());
             }
             if timeout == Some(0.0) || !self.wait_pushed(py, seen, deadline)? {

@@ -113,16 +113,17 @@ pub struct Large {
 
 impl Large {
     /// Copies `parts` (concatenated) into a new memfd, from `offset` (taken modulo the page
-    /// size). A reader that maps the message's pages into an object of its own needs the
-    /// message's page offset in the file to equal the object's data offset in its pages: a
-    /// writer that expects a reader to allocate like it did passes its source's offset.
-    pub fn new(parts: &[&[u8]], offset: usize) -> io::Result<Large> {
+    /// size), and seals its size; with `frozen`, its contents too (`F_SEAL_WRITE`), for a
+    /// reader that may map it privately and hand the pages out as an immutable object. A
+    /// reader that maps the message's pages into an object of its own needs the message's
+    /// page offset in the file to equal the object's data offset in its pages: the writer
+    /// passes the offset a new object of that kind will have.
+    pub fn new(parts: &[&[u8]], offset: usize, frozen: bool) -> io::Result<Large> {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         let offset = offset % platform::page_size();
         let fd = platform::memfd_sealable(c"rmp-queue-message", (offset + len).max(1))?;
         platform::write_all_at(fd.as_fd(), parts, offset as u64)?;
-        // A reader may map it: its size must not change under that mapping.
-        platform::seal_size(fd.as_fd())?;
+        platform::seal(fd.as_fd(), frozen)?;
         Ok(Large {
             fd,
             len: len as u64,
@@ -156,12 +157,20 @@ mod tests {
     fn a_large_message_sits_at_its_offset_in_a_sealed_file() {
         let page = platform::page_size();
         let msg = pattern(3 * page + 100);
-        let large = Large::new(&[&msg[..1000], &msg[1000..]], page + 48).unwrap();
+        let large = Large::new(&[&msg[..1000], &msg[1000..]], page + 48, false).unwrap();
         assert_eq!(large.len, msg.len() as u64);
         let fd = large.fd.as_fd();
         assert_eq!(message_offset(fd, large.len).unwrap(), 48);
-        assert!(platform::size_sealed(fd));
+        assert!(platform::sealed(fd, false) && !platform::sealed(fd, true));
         assert!(rustix::fs::ftruncate(fd, 10).is_err(), "the size is sealed");
+        rustix::io::pwrite(fd, b"still writable", 48).unwrap();
+        rustix::io::pwrite(fd, &msg[..14], 48).unwrap();
+        let frozen = Large::new(&[&msg], 0, true).unwrap();
+        assert!(platform::sealed(frozen.fd.as_fd(), true));
+        assert!(
+            rustix::io::pwrite(frozen.fd.as_fd(), b"no", 0).is_err(),
+            "contents sealed"
+        );
         let mut back = vec![0u8; msg.len()];
         platform::read_exact_at(fd, &mut back, 48).unwrap();
         assert_eq!(back, msg);
@@ -177,7 +186,7 @@ mod tests {
         let page = platform::page_size();
         let len = 5 * page + 300;
         let msg = pattern(len);
-        let large = Large::new(&[&msg], 48).unwrap();
+        let large = Large::new(&[&msg], 48, true).unwrap();
         let fd = large.fd.as_fd();
         let region = 7 * page;
         // SAFETY: a fresh anonymous mapping of our own, unmapped at the end of the test.
@@ -208,9 +217,8 @@ mod tests {
             assert!(platform::read_exact_at_mapped(fd, base.add(49), len, 48).is_err());
             rustix::mm::munmap(base.cast(), region).unwrap();
         }
-        // A file whose size is not sealed is not mapped.
-        let plain = platform::memfd(c"t", len + 48).unwrap();
-        platform::write_all_at(plain.as_fd(), &[&msg], 48).unwrap();
+        // A file whose contents are not sealed is not mapped.
+        let plain = Large::new(&[&msg], 48, false).unwrap().fd;
         let mut dst = vec![0u8; len + 2 * page];
         let at = dst.as_mut_ptr() as usize;
         let skew = (48 + page - at % page) % page;

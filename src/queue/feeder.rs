@@ -36,18 +36,22 @@ const FEED_SLICE: Duration = Duration::from_millis(50);
 pub struct Pending {
     tag: u8,
     data: Vec<u8>,
-    /// Where a memfd made for it puts the message (see [`Large::new`]).
+    /// Where a memfd made for it puts the message, and whether it seals the contents (see
+    /// [`Large::new`]).
     offset: usize,
+    frozen: bool,
     large: Option<Large>,
 }
 
 impl Pending {
-    /// A message of `data` tagged `tag`, which goes at `offset` of a memfd if it needs one.
-    pub fn new(tag: u8, data: Vec<u8>, offset: usize) -> Pending {
+    /// A message of `data` tagged `tag`, which goes into a memfd as `Large::new(_, offset,
+    /// frozen)` makes it if it needs one.
+    pub fn new(tag: u8, data: Vec<u8>, offset: usize, frozen: bool) -> Pending {
         Pending {
             tag,
             data,
             offset,
+            frozen,
             large: None,
         }
     }
@@ -59,7 +63,7 @@ impl Pending {
             return ring.try_push(me, Some(&links), self.tag, &[&self.data]);
         }
         if self.large.is_none() {
-            self.large = Some(Large::new(&[&self.data], self.offset)?);
+            self.large = Some(Large::new(&[&self.data], self.offset, self.frozen)?);
         }
         let msg = self.large.as_ref().expect("made above");
         ring.try_push_fd(me, &links, self.tag, msg.fd.as_fd(), msg.len)
@@ -89,6 +93,9 @@ struct Shared {
     progress: Condvar,
     /// Messages queued or in the thread's hands, not yet in the ring (lock-free reads).
     pending: AtomicUsize,
+    /// This process's slot in the ring's backlog table, which counts `pending` for other
+    /// processes (claimed when the thread starts; `None`: not counted there).
+    slot: std::sync::OnceLock<Option<usize>>,
     /// Drop the backlog and exit (immediate shutdown).
     cancelled: AtomicBool,
     /// Whether the process waits for this feeder at exit (false after `cancel_join_thread`).
@@ -98,6 +105,22 @@ struct Shared {
 }
 
 impl Shared {
+    /// Counts `n` messages into the backlog, here and in the ring's table.
+    fn count_in(&self, n: usize) {
+        if let Some(&Some(slot)) = self.slot.get() {
+            self.chan.ring().backlog_add(slot, n as u64);
+        }
+        self.pending.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// Counts `n` messages out of the backlog (pushed and published, or dropped).
+    fn count_out(&self, n: usize) {
+        self.pending.fetch_sub(n, Ordering::AcqRel);
+        if let Some(&Some(slot)) = self.slot.get() {
+            self.chan.ring().backlog_sub(slot, n as u64);
+        }
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         // The state has no invariant a panic could break halfway: use it after a poison.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -115,7 +138,7 @@ impl Shared {
                     if self.cancelled.load(Ordering::Acquire) {
                         let n = st.backlog.len();
                         st.backlog.clear();
-                        self.pending.fetch_sub(n, Ordering::AcqRel);
+                        self.count_out(n);
                     }
                     if !st.backlog.is_empty() {
                         break Some(std::mem::take(&mut st.backlog));
@@ -131,10 +154,14 @@ impl Shared {
             let Some(batch) = batch else { break };
             for item in batch {
                 self.deliver(&me, item);
-                self.pending.fetch_sub(1, Ordering::AcqRel);
+                self.count_out(1);
             }
             let _g = self.state();
             self.progress.notify_all();
+        }
+        if let Some(&Some(slot)) = self.slot.get() {
+            // Nothing left to count: every message was counted out above.
+            self.chan.ring().release_backlog_slot(slot);
         }
         let mut st = self.state();
         st.exited = true;
@@ -271,6 +298,7 @@ impl Feeder {
                 wake: Condvar::new(),
                 progress: Condvar::new(),
                 pending: AtomicUsize::new(0),
+                slot: std::sync::OnceLock::new(),
                 cancelled: AtomicBool::new(false),
                 join_at_exit: AtomicBool::new(true),
                 pid: platform::cached_pid(),
@@ -295,6 +323,9 @@ impl Feeder {
         }
         let start = !st.started;
         if start {
+            self.shared
+                .slot
+                .get_or_init(|| self.shared.chan.ring().claim_backlog_slot());
             let shared = Arc::clone(&self.shared);
             std::thread::Builder::new()
                 .name("rmp-queue-feeder".into())
@@ -303,8 +334,9 @@ impl Feeder {
             st.started = true;
             live().push(Arc::downgrade(&self.shared));
         }
+        // Counted before the thread can take it (it takes the backlog under this lock).
+        self.shared.count_in(1);
         st.backlog.push_back(item);
-        self.shared.pending.fetch_add(1, Ordering::AcqRel);
         if st.idle {
             self.shared.wake.notify_one();
         }

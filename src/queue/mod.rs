@@ -49,7 +49,7 @@ pub mod feeder;
 /// `b"RMPQ"`: marks an initialised [`RingHeader`].
 pub const RING_MAGIC: u32 = u32::from_le_bytes(*b"RMPQ");
 /// Layout version of [`RingHeader`] and of the record format.
-pub const RING_VERSION: u32 = 4;
+pub const RING_VERSION: u32 = 5;
 /// Bytes before the data area.
 pub const HEADER_SIZE: usize = 512;
 /// Bytes of a record header.
@@ -223,9 +223,59 @@ unsafe impl Send for Ring {}
 // SAFETY: as above.
 unsafe impl Sync for Ring {}
 
-/// Bytes a segment needs for a ring with `capacity` data bytes.
+/// Processes whose feeders a ring counts at once (see [`BacklogSlot`]).
+pub const BACKLOG_SLOTS: usize = 64;
+
+/// One process's count of messages its feeder holds for the ring: accepted by `put`, not yet
+/// pushed. The table of [`BACKLOG_SLOTS`] follows the data area, one cache line each, so a
+/// feeder's counting never contends with another's. A graceful shutdown makes `get` raise
+/// `ShutDown` only once the ring is empty *and* no live process still feeds it
+/// ([`Ring::backlogged`]). Field by field:
+#[repr(C, align(64))]
+#[derive(Debug)]
+pub struct BacklogSlot {
+    /// The owner: its pid in bits 32–63 and the low 32 bits of its start time (clock ticks
+    /// since boot, `/proc/<pid>/stat` field 22) in bits 0–31, so that a reused pid is a
+    /// different owner; 0 when free. Claimed and taken over by compare-and-swap.
+    owner: AtomicU64,
+    /// Messages counted: added (Release) before a message joins the feeder's backlog,
+    /// subtracted (Release) after the feeder's push is published or the message dropped;
+    /// pairs with the Acquire in [`Ring::backlogged`].
+    pending: AtomicU64,
+    _pad: [u64; 6],
+}
+
+/// Bytes a segment needs for a ring with `capacity` data bytes: the header, the data area,
+/// then the backlog table.
 pub fn segment_size(capacity: usize) -> usize {
-    HEADER_SIZE + capacity
+    HEADER_SIZE + capacity + BACKLOG_SLOTS * std::mem::size_of::<BacklogSlot>()
+}
+
+/// This process's [`BacklogSlot::owner`] word (0 if its start time cannot be read).
+fn backlog_owner() -> u64 {
+    static CACHE: AtomicU64 = AtomicU64::new(0);
+    let pid = platform::cached_pid();
+    // Relaxed: the word is self-contained (pid and start time together).
+    let cached = CACHE.load(Ordering::Relaxed);
+    if cached != 0 && (cached >> 32) as i32 == pid {
+        return cached;
+    }
+    let word = match platform::thread_start_time(0, pid) {
+        Ok(Some(start)) => (u64::from(pid as u32) << 32) | (start & 0xffff_ffff),
+        _ => return 0,
+    };
+    CACHE.store(word, Ordering::Relaxed);
+    word
+}
+
+/// Whether the process an owner word names still runs (the same process: same start time).
+fn owner_alive(word: u64) -> bool {
+    let pid = (word >> 32) as i32;
+    match platform::thread_start_time(0, pid) {
+        Ok(Some(start)) => start & 0xffff_ffff == word & 0xffff_ffff,
+        Ok(None) => false,
+        Err(_) => true, // unknown: count it, as a live one
+    }
 }
 
 fn record_len(payload: usize) -> u32 {
@@ -1022,6 +1072,84 @@ impl Ring {
             wake(w, sleepers, u32::MAX);
         }
         wake(&h.unfinished, &h.join_sleepers, u32::MAX);
+    }
+
+    // ---- feeders' backlogs (see `BacklogSlot`)
+
+    fn backlog(&self) -> &[BacklogSlot] {
+        // SAFETY: `from_raw`'s contract: the mapping holds `segment_size(capacity)` bytes,
+        // so the table follows the data area, 64-byte aligned (the header and a power-of-two
+        // capacity of at least 64 keep it so); every field is an atomic.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.data
+                    .as_ptr()
+                    .add(self.capacity())
+                    .cast::<BacklogSlot>(),
+                BACKLOG_SLOTS,
+            )
+        }
+    }
+
+    /// A backlog slot for this process: a free one, or one whose owner has died (its count
+    /// is then void). `None` when every slot belongs to a live process: that process's
+    /// backlog is then not counted (a graceful shutdown may end before it arrives).
+    pub fn claim_backlog_slot(&self) -> Option<usize> {
+        let me = backlog_owner();
+        if me == 0 {
+            return None;
+        }
+        for (i, slot) in self.backlog().iter().enumerate() {
+            // Acquire: pairs with the AcqRel of a previous owner's claim.
+            let cur = slot.owner.load(Ordering::Acquire);
+            if cur != 0 && (cur == me || owner_alive(cur)) {
+                continue;
+            }
+            if slot
+                .owner
+                .compare_exchange(cur, me, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                // A dead owner's count is void. Until this store a reader may still count
+                // it for us, which only makes a shutting-down `get` look once more.
+                slot.pending.store(0, Ordering::Release);
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// Counts `n` more messages in this process's backlog (before they join it).
+    pub fn backlog_add(&self, slot: usize, n: u64) {
+        // Release: a `get` that sees the shutdown that followed this `put` sees the count.
+        self.backlog()[slot].pending.fetch_add(n, Ordering::Release);
+    }
+
+    /// Counts `n` messages out of this process's backlog (after their push was published,
+    /// or after they were dropped).
+    pub fn backlog_sub(&self, slot: usize, n: u64) {
+        // Release: pairs with the Acquire in `backlogged`, after which the push is seen.
+        self.backlog()[slot].pending.fetch_sub(n, Ordering::Release);
+    }
+
+    /// Gives the slot back (its count must be 0: the feeder has exited).
+    pub fn release_backlog_slot(&self, slot: usize) {
+        let s = &self.backlog()[slot];
+        // Release: the count's last change comes before the slot is free.
+        let _ = s
+            .owner
+            .compare_exchange(backlog_owner(), 0, Ordering::AcqRel, Ordering::Relaxed);
+    }
+
+    /// Whether a live process's feeder still holds messages for the ring. A `get` that
+    /// finds the ring empty after a graceful shutdown asks this first, then looks at the ring
+    /// once more: a message pushed before its count dropped to 0 is then seen.
+    pub fn backlogged(&self) -> bool {
+        self.backlog().iter().any(|slot| {
+            let owner = slot.owner.load(Ordering::Acquire);
+            // Acquire: pairs with the Release of `backlog_sub`.
+            owner != 0 && slot.pending.load(Ordering::Acquire) > 0 && owner_alive(owner)
+        })
     }
 
     // ---- unfinished tasks (JoinableQueue)
