@@ -1235,6 +1235,42 @@ mod tests {
     }
 
     #[test]
+    fn backlog_slots_count_live_feeders_only() {
+        assert_eq!(std::mem::size_of::<BacklogSlot>(), 64);
+        let (_seg, ring) = new_ring(4096, u32::MAX);
+        assert!(!ring.backlogged());
+        // A dead owner's slot, with messages it never delivered: not counted, and taken over.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let slots = ring.backlog();
+        slots[0]
+            .owner
+            .store((u64::from(dead) << 32) | 123, Ordering::Relaxed);
+        slots[0].pending.store(5, Ordering::Relaxed);
+        assert!(!ring.backlogged(), "a dead process's backlog is void");
+        let mine = ring.claim_backlog_slot().unwrap();
+        assert_eq!(mine, 0, "the dead owner's slot is reused first");
+        assert_eq!(slots[0].pending.load(Ordering::Relaxed), 0);
+        assert_eq!(slots[0].owner.load(Ordering::Relaxed), backlog_owner());
+        ring.backlog_add(mine, 3);
+        assert!(ring.backlogged(), "a live process's backlog counts");
+        ring.backlog_sub(mine, 3);
+        assert!(!ring.backlogged());
+        // Another feeder of this process gets another slot; released slots are free again.
+        let second = ring.claim_backlog_slot().unwrap();
+        assert_ne!(second, mine);
+        ring.release_backlog_slot(mine);
+        ring.release_backlog_slot(second);
+        assert!(slots.iter().all(|s| s.owner.load(Ordering::Relaxed) == 0));
+        // Every slot held by a live process: no slot, nothing counted.
+        for _ in 0..BACKLOG_SLOTS {
+            assert!(ring.claim_backlog_slot().is_some());
+        }
+        assert_eq!(ring.claim_backlog_slot(), None);
+    }
+
+    #[test]
     fn header_is_one_line_per_writer() {
         assert_eq!(std::mem::size_of::<RingHeader>(), HEADER_SIZE);
         assert_eq!(std::mem::offset_of!(RingHeader, tail), 64);
