@@ -11,6 +11,7 @@ import os
 import pickle
 import queue
 import random
+import signal
 import subprocess
 import sys
 import threading
@@ -592,6 +593,59 @@ def test_graceful_shutdown_does_not_wait_for_a_killed_producers_backlog():
     finally:
         p.kill()
         p.join(30)
+        _close(q)
+
+
+def _backlog_then_stop(q, n, ready):
+    for i in range(n):
+        q.put(("item", i))
+    ready.set()
+    time.sleep(60)  # stopped (SIGSTOP) by the test, then killed
+
+
+def test_a_get_waiting_on_a_stopped_feeder_sleeps_and_times_out():
+    """Shut down while a live but stopped producer's feeder holds messages: get and
+    _reader.poll wait for them asleep (little CPU), honour their timeouts, and then raise
+    Empty / return False; once the producer is gone, ShutDown."""
+    ctx = rmp.get_context("fork")
+    q = queues.Queue(ctx=ctx, capacity=4096)
+    ready = ctx.Event()
+    p = ctx.Process(target=_backlog_then_stop, args=(q, 2000, ready))
+    p.start()
+    try:
+        assert ready.wait(30)
+        os.kill(p.pid, signal.SIGSTOP)
+        q.shutdown()
+        while q._chan.ring_len():
+            q.get(timeout=10)
+        cpu0, t0 = time.process_time(), time.monotonic()
+        with pytest.raises(queue.Empty):
+            q.get(timeout=1)
+        assert not q._reader.poll(0.5)
+        waited, cpu = time.monotonic() - t0, time.process_time() - cpu0
+        assert waited >= 1.4
+        assert cpu < waited / 4, (cpu, waited)  # asleep, not spinning
+        os.kill(p.pid, signal.SIGKILL)
+        p.join(30)
+        with pytest.raises(queues.ShutDown):
+            q.get(timeout=30)
+    finally:
+        p.kill()
+        p.join(30)
+        _close(q)
+
+
+def test_immediate_shutdown_counts_a_feeders_dropped_messages_as_done():
+    """JoinableQueue: messages still in this process's feeder when the queue is shut down
+    immediately are dropped and count as tasks done, so join() returns (3.13's queue)."""
+    q = queues.JoinableQueue(ctx=rmp.get_context(), capacity=4096)
+    try:
+        for i in range(2000):
+            q.put(("item", i))
+        assert q._chan.pending() > 0
+        q.shutdown(immediate=True)
+        assert q._chan.join(10)  # join(), bounded
+    finally:
         _close(q)
 
 

@@ -253,8 +253,12 @@ impl Channel {
                 }
                 Push::FullBytes if feed && self.may_backlog() => {
                     // A memfd made for this message is dropped: the backlog keeps bytes.
-                    self.enqueue(py, tag, parts)?;
-                    return Ok(PUT_FED);
+                    match self.enqueue(py, tag, parts) {
+                        Ok(()) => return Ok(PUT_FED),
+                        // An immediate shutdown (in another thread) cancelled the feeder.
+                        Err(_) if ring.shutdown_state() != OPEN => return Ok(PUT_SHUTDOWN),
+                        Err(e) => return Err(e),
+                    }
                 }
                 Push::TooBig => unreachable!("large messages go by descriptor"),
                 _ if !block => return Ok(PUT_FULL),
@@ -340,13 +344,21 @@ impl Channel {
             .collect()
     }
 
-    /// Waits (detached, in slices) until a push happens after `seen`, the queue is shut
-    /// down, or the deadline passes (false).
-    fn wait_pushed(&self, py: Python<'_>, seen: u32, deadline: Option<Instant>) -> PyResult<bool> {
+    /// Waits (detached, in slices) until a push happens after `seen`, the shutdown state
+    /// moves on from `shut_seen`, or the deadline passes (false). Shut down already (only
+    /// while feeders still hold messages), it returns after one slice at most, so that the
+    /// caller asks again whether they do: a feeder that dies wakes nobody.
+    fn wait_pushed(
+        &self,
+        py: Python<'_>,
+        seen: u32,
+        shut_seen: u32,
+        deadline: Option<Instant>,
+    ) -> PyResult<bool> {
         let ring = self.chan.ring();
         let mut spin = spin_budget();
         let got = wait_detached(py, deadline, |slice| {
-            if ring.not_empty_seq() != seen || ring.shutdown_state() != OPEN {
+            if ring.not_empty_seq() != seen || ring.shutdown_state() != shut_seen {
                 return Ok(Some(()));
             }
             if ring.spin_not_empty(seen, std::mem::take(&mut spin).min(slice)) {
@@ -355,7 +367,10 @@ impl Channel {
             ring.wait_not_empty(seen, slice)?;
             // A producer killed between its publish and its bump leaves the word unchanged:
             // after each slice, the ring itself says whether to look again.
-            Ok((ring.not_empty_seq() != seen || !ring.is_empty()).then_some(()))
+            Ok(
+                (ring.not_empty_seq() != seen || !ring.is_empty() || shut_seen != OPEN)
+                    .then_some(()),
+            )
         })?;
         Ok(got.is_some())
     }
@@ -500,7 +515,7 @@ impl Channel {
             }
             // The wait may return without a message (another consumer took it).
             py.check_signals()?;
-            if !self.wait_pushed(py, seen, deadline)? {
+            if !self.wait_pushed(py, seen, state, deadline)? {
                 return Ok(Err(GET_EMPTY));
             }
         }
@@ -1140,11 +1155,16 @@ impl Channel {
         let deadline = deadline(timeout)?;
         loop {
             let seen = ring.not_empty_seq();
+            let state = ring.shutdown_state();
             // Shut down, nothing more comes once no live feeder holds messages.
-            if !ring.is_empty() || (ring.shutdown_state() != OPEN && !ring.backlogged()) {
+            if !ring.is_empty() || (state != OPEN && !ring.backlogged()) {
                 return Ok(!ring.is_empty());
             }
-            if timeout == Some(0.0) || !self.wait_pushed(py, seen, deadline)? {
+            if timeout == Some(0.0) || deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(false);
+            }
+            py.check_signals()?;
+            if !self.wait_pushed(py, seen, state, deadline)? {
                 return Ok(!ring.is_empty());
             }
         }

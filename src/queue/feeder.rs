@@ -121,13 +121,32 @@ impl Shared {
         }
     }
 
+    /// Counts out `n` messages dropped without reaching the ring. Dropped by an immediate
+    /// shutdown, they count as tasks done, as the messages it drains from the ring do (so
+    /// `JoinableQueue.join()` returns); dropped by `cancel_join_thread`, they are lost, as
+    /// with the stdlib.
+    fn dropped(&self, n: usize) {
+        let ring = self.chan.ring();
+        if ring.shutdown_state() == SHUTDOWN_IMMEDIATE {
+            ring.tasks_done(n as u32);
+        }
+        self.count_out(n);
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         // The state has no invariant a panic could break halfway: use it after a poison.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn run(&self) {
+    /// The thread: claims its backlog slot (then answers `claimed`, which `enqueue` waits
+    /// for before it counts anything), and moves the backlog into the ring until closed.
+    fn run(&self, claimed: std::sync::mpsc::SyncSender<()>) {
         let _ = platform::block_all_signals_in_this_thread();
+        let owner = super::thread_owner();
+        let slot = owner.and_then(|o| self.chan.ring().claim_backlog_slot(o));
+        let _ = self.slot.set(slot);
+        let _ = claimed.send(());
+        drop(claimed);
         let me = Me::current();
         loop {
             // The whole backlog at once: puts meanwhile queue behind it (FIFO), and neither
@@ -138,7 +157,7 @@ impl Shared {
                     if self.cancelled.load(Ordering::Acquire) {
                         let n = st.backlog.len();
                         st.backlog.clear();
-                        self.count_out(n);
+                        self.dropped(n);
                     }
                     if !st.backlog.is_empty() {
                         break Some(std::mem::take(&mut st.backlog));
@@ -153,15 +172,18 @@ impl Shared {
             };
             let Some(batch) = batch else { break };
             for item in batch {
-                self.deliver(&me, item);
-                self.count_out(1);
+                if self.deliver(&me, item) {
+                    self.count_out(1);
+                } else {
+                    self.dropped(1);
+                }
             }
             let _g = self.state();
             self.progress.notify_all();
         }
-        if let Some(&Some(slot)) = self.slot.get() {
+        if let (Some(&Some(slot)), Some(owner)) = (self.slot.get(), owner) {
             // Nothing left to count: every message was counted out above.
-            self.chan.ring().release_backlog_slot(slot);
+            self.chan.ring().release_backlog_slot(slot, owner);
         }
         let mut st = self.state();
         st.exited = true;
@@ -189,8 +211,8 @@ impl Shared {
     }
 
     /// Pushes `item`, waiting for room, unless the feeder is cancelled or the queue shut
-    /// down immediately (then the item is dropped).
-    fn deliver(&self, me: &Me, mut item: Pending) {
+    /// down immediately, or an error stops it (then the item is dropped: false).
+    fn deliver(&self, me: &Me, mut item: Pending) -> bool {
         let ring = self.chan.ring();
         // Whether to wait for half the ring rather than for each pop: until a wait for half
         // ends with the ring still fuller, which happens when other putters (without a
@@ -199,11 +221,11 @@ impl Shared {
         loop {
             if self.cancelled.load(Ordering::Acquire) || ring.shutdown_state() == SHUTDOWN_IMMEDIATE
             {
-                return;
+                return false;
             }
             let seen = ring.not_full_seq();
             match item.push(&self.chan, me) {
-                Ok(Push::Done) => return,
+                Ok(Push::Done) => return true,
                 Ok(Push::FullItems) => {
                     // Spin first: a sleeping feeder costs every consumer a wake call per pop.
                     if !ring.spin_not_full(seen, FEED_SPIN) {
@@ -236,11 +258,11 @@ impl Shared {
                 Ok(Push::TooBig) => {
                     // `put` sends messages above the ring's limit as `Large`: unreachable.
                     self.state().error = Some("message too large for the ring".into());
-                    return;
+                    return false;
                 }
                 Err(e) => {
                     self.state().error = Some(e.to_string());
-                    return;
+                    return false;
                 }
             }
         }
@@ -315,7 +337,9 @@ impl Feeder {
     /// call started it.
     pub fn enqueue(&self, item: Pending) -> io::Result<bool> {
         let mut st = self.shared.state();
-        if st.closed {
+        if st.closed || st.exited || self.shared.cancelled.load(Ordering::Acquire) {
+            // Closed, or dropping its backlog (an immediate shutdown, `cancel_join_thread`):
+            // a message queued now would never be moved.
             return Err(io::Error::new(
                 io::ErrorKind::BrokenPipe,
                 "the queue's feeder is closed",
@@ -323,14 +347,15 @@ impl Feeder {
         }
         let start = !st.started;
         if start {
-            self.shared
-                .slot
-                .get_or_init(|| self.shared.chan.ring().claim_backlog_slot());
             let shared = Arc::clone(&self.shared);
+            let (claimed, answer) = std::sync::mpsc::sync_channel(1);
             std::thread::Builder::new()
                 .name("rmp-queue-feeder".into())
                 .stack_size(64 * 1024)
-                .spawn(move || shared.run())?;
+                .spawn(move || shared.run(claimed))?;
+            // Its slot is claimed before anything is counted in it (a thread that died
+            // first leaves no slot: nothing is counted).
+            let _ = answer.recv();
             st.started = true;
             live().push(Arc::downgrade(&self.shared));
         }

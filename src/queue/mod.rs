@@ -226,7 +226,7 @@ unsafe impl Sync for Ring {}
 /// Processes whose feeders a ring counts at once (see [`BacklogSlot`]).
 pub const BACKLOG_SLOTS: usize = 64;
 
-/// One process's count of messages its feeder holds for the ring: accepted by `put`, not yet
+/// One feeder's count of the messages it holds for the ring: accepted by `put`, not yet
 /// pushed. The table of [`BACKLOG_SLOTS`] follows the data area, one cache line each, so a
 /// feeder's counting never contends with another's. A graceful shutdown makes `get` raise
 /// `ShutDown` only once the ring is empty *and* no live process still feeds it
@@ -234,9 +234,10 @@ pub const BACKLOG_SLOTS: usize = 64;
 #[repr(C, align(64))]
 #[derive(Debug)]
 pub struct BacklogSlot {
-    /// The owner: its pid in bits 32–63 and the low 32 bits of its start time (clock ticks
-    /// since boot, `/proc/<pid>/stat` field 22) in bits 0–31, so that a reused pid is a
-    /// different owner; 0 when free. Claimed and taken over by compare-and-swap.
+    /// The owner, a feeder thread: its thread id in bits 32–63 and the low 32 bits of its
+    /// start time (clock ticks since boot, `/proc/<tid>/stat` field 22) in bits 0–31, so that
+    /// a reused id is a different owner; 0 when free. Claimed and taken over by
+    /// compare-and-swap.
     owner: AtomicU64,
     /// Messages counted: added (Release) before a message joins the feeder's backlog,
     /// subtracted (Release) after the feeder's push is published or the message dropped;
@@ -251,30 +252,24 @@ pub fn segment_size(capacity: usize) -> usize {
     HEADER_SIZE + capacity + BACKLOG_SLOTS * std::mem::size_of::<BacklogSlot>()
 }
 
-/// This process's [`BacklogSlot::owner`] word (0 if its start time cannot be read).
-fn backlog_owner() -> u64 {
-    static CACHE: AtomicU64 = AtomicU64::new(0);
-    let pid = platform::cached_pid();
-    // Relaxed: the word is self-contained (pid and start time together).
-    let cached = CACHE.load(Ordering::Relaxed);
-    if cached != 0 && (cached >> 32) as i32 == pid {
-        return cached;
+/// The calling thread's [`BacklogSlot::owner`] word, `None` if its start time cannot be read.
+/// A feeder thread claims its slot with it, so that its count dies with the thread: when
+/// the process is killed, exits, or `exec`s another program (which ends every other thread).
+pub fn thread_owner() -> Option<u64> {
+    let tid = platform::gettid();
+    match platform::thread_start_time(0, tid) {
+        Ok(Some(start)) => Some((u64::from(tid as u32) << 32) | (start & 0xffff_ffff)),
+        _ => None,
     }
-    let word = match platform::thread_start_time(0, pid) {
-        Ok(Some(start)) => (u64::from(pid as u32) << 32) | (start & 0xffff_ffff),
-        _ => return 0,
-    };
-    CACHE.store(word, Ordering::Relaxed);
-    word
 }
 
-/// Whether the process an owner word names still runs (the same process: same start time).
+/// Whether the thread an owner word names still runs (the same thread: same start time).
 fn owner_alive(word: u64) -> bool {
-    let pid = (word >> 32) as i32;
-    match platform::thread_start_time(0, pid) {
+    let tid = (word >> 32) as i32;
+    match platform::thread_start_time(0, tid) {
         Ok(Some(start)) => start & 0xffff_ffff == word & 0xffff_ffff,
         Ok(None) => false,
-        Err(_) => true, // unknown: count it, as a live one
+        Err(_) => true, // unknown (say, out of descriptors): count it, as a live one
     }
 }
 
@@ -1091,14 +1086,11 @@ impl Ring {
         }
     }
 
-    /// A backlog slot for this process: a free one, or one whose owner has died (its count
-    /// is then void). `None` when every slot belongs to a live process: that process's
-    /// backlog is then not counted (a graceful shutdown may end before it arrives).
-    pub fn claim_backlog_slot(&self) -> Option<usize> {
-        let me = backlog_owner();
-        if me == 0 {
-            return None;
-        }
+    /// A backlog slot for the feeder thread `me` (its [`thread_owner`] word): a free one, or
+    /// one whose owner no longer runs (its count is then void). `None` when every slot
+    /// belongs to a live feeder: this one's backlog is then not counted (a graceful shutdown
+    /// may end before it arrives).
+    pub fn claim_backlog_slot(&self, me: u64) -> Option<usize> {
         for (i, slot) in self.backlog().iter().enumerate() {
             // Acquire: pairs with the AcqRel of a previous owner's claim.
             let cur = slot.owner.load(Ordering::Acquire);
@@ -1119,29 +1111,36 @@ impl Ring {
         None
     }
 
-    /// Counts `n` more messages in this process's backlog (before they join it).
+    /// Counts `n` more messages in a feeder's backlog (before they join it).
     pub fn backlog_add(&self, slot: usize, n: u64) {
         // Release: a `get` that sees the shutdown that followed this `put` sees the count.
         self.backlog()[slot].pending.fetch_add(n, Ordering::Release);
     }
 
-    /// Counts `n` messages out of this process's backlog (after their push was published,
-    /// or after they were dropped).
+    /// Counts `n` messages out of a feeder's backlog (after their push was published, or
+    /// after they were dropped). When that leaves it empty after a shutdown, wakes the
+    /// consumers, which may now raise `ShutDown`.
     pub fn backlog_sub(&self, slot: usize, n: u64) {
         // Release: pairs with the Acquire in `backlogged`, after which the push is seen.
-        self.backlog()[slot].pending.fetch_sub(n, Ordering::Release);
+        let before = self.backlog()[slot].pending.fetch_sub(n, Ordering::Release);
+        if before == n && self.shutdown_state() != OPEN {
+            let h = self.hdr();
+            // SeqCst: before `wake`'s load (see `wake`).
+            h.not_empty.fetch_add(1, Ordering::SeqCst);
+            wake(&h.not_empty, &h.empty_sleepers, u32::MAX);
+        }
     }
 
-    /// Gives the slot back (its count must be 0: the feeder has exited).
-    pub fn release_backlog_slot(&self, slot: usize) {
-        let s = &self.backlog()[slot];
-        // Release: the count's last change comes before the slot is free.
-        let _ = s
-            .owner
-            .compare_exchange(backlog_owner(), 0, Ordering::AcqRel, Ordering::Relaxed);
+    /// Gives the slot back (its count must be 0: the feeder is exiting).
+    pub fn release_backlog_slot(&self, slot: usize, me: u64) {
+        // AcqRel: the count's last change comes before the slot is free.
+        let _ =
+            self.backlog()[slot]
+                .owner
+                .compare_exchange(me, 0, Ordering::AcqRel, Ordering::Relaxed);
     }
 
-    /// Whether a live process's feeder still holds messages for the ring. A `get` that
+    /// Whether a live feeder (of any process) still holds messages for the ring. A `get` that
     /// finds the ring empty after a graceful shutdown asks this first, then looks at the ring
     /// once more: a message pushed before its count dropped to 0 is then seen.
     pub fn backlogged(&self) -> bool {
@@ -1249,25 +1248,41 @@ mod tests {
             .store((u64::from(dead) << 32) | 123, Ordering::Relaxed);
         slots[0].pending.store(5, Ordering::Relaxed);
         assert!(!ring.backlogged(), "a dead process's backlog is void");
-        let mine = ring.claim_backlog_slot().unwrap();
+        let me = thread_owner().unwrap();
+        let mine = ring.claim_backlog_slot(me).unwrap();
         assert_eq!(mine, 0, "the dead owner's slot is reused first");
         assert_eq!(slots[0].pending.load(Ordering::Relaxed), 0);
-        assert_eq!(slots[0].owner.load(Ordering::Relaxed), backlog_owner());
+        assert_eq!(slots[0].owner.load(Ordering::Relaxed), me);
         ring.backlog_add(mine, 3);
         assert!(ring.backlogged(), "a live process's backlog counts");
         ring.backlog_sub(mine, 3);
         assert!(!ring.backlogged());
-        // Another feeder of this process gets another slot; released slots are free again.
-        let second = ring.claim_backlog_slot().unwrap();
-        assert_ne!(second, mine);
-        ring.release_backlog_slot(mine);
-        ring.release_backlog_slot(second);
+        // Released, the slot is free again.
+        ring.release_backlog_slot(mine, me);
         assert!(slots.iter().all(|s| s.owner.load(Ordering::Relaxed) == 0));
-        // Every slot held by a live process: no slot, nothing counted.
+        // A thread that has exited owns nothing: its count is void.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let owner = thread_owner().unwrap();
+            tx.send(owner).unwrap();
+            // Past its start's clock tick: a thread that reuses its id cannot share its start
+            // time (the same care as in `sync::condition`'s dead-sleeper test).
+            std::thread::sleep(Duration::from_millis(30));
+        })
+        .join()
+        .unwrap();
+        let gone = rx.recv().unwrap();
+        let slot = ring.claim_backlog_slot(gone).unwrap();
+        ring.backlog_add(slot, 2);
+        assert!(
+            !ring.backlogged(),
+            "an exited feeder thread's backlog is void"
+        );
+        // Every slot held by a live thread: no slot, nothing counted.
         for _ in 0..BACKLOG_SLOTS {
-            assert!(ring.claim_backlog_slot().is_some());
+            assert!(ring.claim_backlog_slot(me).is_some());
         }
-        assert_eq!(ring.claim_backlog_slot(), None);
+        assert_eq!(ring.claim_backlog_slot(me), None);
     }
 
     #[test]
