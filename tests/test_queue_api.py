@@ -562,33 +562,39 @@ def test_graceful_shutdown_keeps_what_feeders_still_hold(rctx):
     assert backlogged.value > 0  # the case under test: messages were still in the backlog
 
 
-def _backlog_then_wait(q, n, ready):
+def _backlog_then_sleep(q, n, ready):
     for i in range(n):
         q.put(("item", i))
     assert q._chan.pending() > 0
     ready.set()
-    time.sleep(60)  # killed before its feeder can push the rest (nobody gets meanwhile)
+    time.sleep(60)  # stopped or killed by the test before its feeder can push the rest
+
+
+def _backlogged_producer(n=2000):
+    """A small queue and a forked child that has put ``n`` items, most of them still in its
+    feeder (nobody gets), once ``ready.wait()`` returns."""
+    ctx = rmp.get_context("fork")
+    q = queues.Queue(ctx=ctx, capacity=4096)
+    ready = ctx.Event()
+    p = ctx.Process(target=_backlog_then_sleep, args=(q, n, ready))
+    p.start()
+    return q, p, ready
 
 
 def test_graceful_shutdown_does_not_wait_for_a_killed_producers_backlog():
     """A producer SIGKILLed with messages in its feeder: after a graceful shutdown, a
     consumer gets what reached the ring and then ShutDown, not a wait for ever."""
-    ctx = rmp.get_context("fork")
-    q = queues.Queue(ctx=ctx, capacity=4096)
-    ready = ctx.Event()
-    p = ctx.Process(target=_backlog_then_wait, args=(q, 2000, ready))
-    p.start()
+    q, p, ready = _backlogged_producer()
     try:
         assert ready.wait(30)
         q.shutdown()
         os.kill(p.pid, 9)
         p.join(30)
         got = []
-        t0 = time.monotonic()
+        # Waiting for the dead backlog would end in Empty after 30 s, not ShutDown.
         with pytest.raises(queues.ShutDown):
             while True:
                 got.append(q.get(timeout=30)[1])
-        assert time.monotonic() - t0 < 20
         assert got == list(range(len(got))) and 0 < len(got) < 2000
     finally:
         p.kill()
@@ -596,25 +602,29 @@ def test_graceful_shutdown_does_not_wait_for_a_killed_producers_backlog():
         _close(q)
 
 
-def _backlog_then_stop(q, n, ready):
-    for i in range(n):
-        q.put(("item", i))
-    ready.set()
-    time.sleep(60)  # stopped (SIGSTOP) by the test, then killed
+def _wait_stopped(pid):
+    """Until every thread of ``pid`` is stopped (a SIGSTOP takes effect asynchronously)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        states = []
+        for tid in os.listdir("/proc/%d/task" % pid):
+            with open("/proc/%d/task/%s/stat" % (pid, tid)) as f:
+                states.append(f.read().rsplit(")", 1)[1].split()[0])
+        if all(st in ("T", "t") for st in states):
+            return
+        time.sleep(0.01)
+    raise AssertionError("process %d did not stop" % pid)
 
 
 def test_a_get_waiting_on_a_stopped_feeder_sleeps_and_times_out():
     """Shut down while a live but stopped producer's feeder holds messages: get and
     _reader.poll wait for them asleep (little CPU), honour their timeouts, and then raise
     Empty / return False; once the producer is gone, ShutDown."""
-    ctx = rmp.get_context("fork")
-    q = queues.Queue(ctx=ctx, capacity=4096)
-    ready = ctx.Event()
-    p = ctx.Process(target=_backlog_then_stop, args=(q, 2000, ready))
-    p.start()
+    q, p, ready = _backlogged_producer()
     try:
         assert ready.wait(30)
         os.kill(p.pid, signal.SIGSTOP)
+        _wait_stopped(p.pid)  # every thread, the feeder too: it pushes nothing more
         q.shutdown()
         while q._chan.ring_len():
             q.get(timeout=10)
