@@ -341,6 +341,21 @@ pub fn thread_start_time(pid: i32, tid: i32) -> io::Result<Option<u64>> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "malformed stat"))
 }
 
+/// Waits (at most 5 s) until thread `tid` of this process no longer runs as `/proc` tells.
+/// Tests need it after `join`: a thread's join returns as it starts to exit (its tid is
+/// cleared early in the kernel's exit path), while `/proc` may still show it running.
+#[cfg(test)]
+pub(crate) fn wait_thread_gone(tid: i32) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while thread_start_time(getpid(), tid).ok().flatten().is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "thread {tid} still runs"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 static FORK_EPOCH: AtomicU32 = AtomicU32::new(0);
 static ATFORK: std::sync::Once = std::sync::Once::new();
 

@@ -1261,17 +1261,16 @@ mod tests {
         ring.release_backlog_slot(mine, me);
         assert!(slots.iter().all(|s| s.owner.load(Ordering::Relaxed) == 0));
         // A thread that has exited owns nothing: its count is void.
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
+        let gone = std::thread::spawn(|| {
             let owner = thread_owner().unwrap();
-            tx.send(owner).unwrap();
             // Past its start's clock tick: a thread that reuses its id cannot share its start
             // time (the same care as in `sync::condition`'s dead-sleeper test).
             std::thread::sleep(Duration::from_millis(30));
+            owner
         })
         .join()
         .unwrap();
-        let gone = rx.recv().unwrap();
+        platform::wait_thread_gone((gone >> 32) as i32);
         let slot = ring.claim_backlog_slot(gone).unwrap();
         ring.backlog_add(slot, 2);
         assert!(

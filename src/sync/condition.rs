@@ -330,12 +330,16 @@ mod tests {
         // (10 ms each) past its start, so that a thread of another test that reuses its id
         // cannot have its start time and pass for it.
         let c2 = Arc::clone(&c);
-        std::thread::spawn(move || {
-            c2.register(&Me::current());
+        let tid = std::thread::spawn(move || {
+            let me = Me::current();
+            c2.register(&me);
             std::thread::sleep(Duration::from_millis(30));
+            me.tid
         })
         .join()
         .unwrap();
+        // Gone as /proc tells it (join returns while the kernel still finishes the exit).
+        crate::platform::wait_thread_gone(tid as i32);
         let mut live = c.register(&Me::current());
         assert_eq!(c.notify(1), 1);
         assert!(c.wait_slice(&mut live, Duration::from_millis(1)).unwrap());
